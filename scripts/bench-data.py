@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Deterministic data generator for scripts/bench.
+
+Writes a tree of files under --out and prints a one-line JSON summary
+({"files": N, "bytes": B, "dirs": D, "duplicates": K, ...}) on stdout.
+The same --kind/--files/--size-mb/--seed always gives byte-identical files.
+
+Kinds:
+  throughput  --files N files totalling about --size-mb MiB, of mixed sizes
+              (4 KiB .. tens of MiB): incompressible random data, compressible
+              log-like text, files that mix both, and exact duplicates of
+              earlier files (so compression and dedup both matter).
+  many        --files N small files of 1-8 KiB, mostly text, some random,
+              some duplicates, ~500 files per directory.
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+
+BLOCK = 1 << 20  # random data is produced in 1 MiB pieces
+
+
+def random_bytes(tag: bytes, n: int) -> bytes:
+    """n pseudo-random (incompressible) bytes, a pure function of tag."""
+    out = []
+    for i in range(0, n, BLOCK):
+        m = min(BLOCK, n - i)
+        out.append(hashlib.shake_128(tag + b":" + str(i).encode()).digest(m))
+    return b"".join(out)
+
+
+def make_corpus(rng: random.Random, lines: int) -> list:
+    """Log-like text lines; files are random draws of them (compressible)."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 10))) for _ in range(600)]
+    levels = ["INFO", "INFO", "INFO", "DEBUG", "WARN", "ERROR"]
+    corpus = []
+    for _ in range(lines):
+        words = " ".join(rng.choice(vocab) for _ in range(rng.randint(3, 12)))
+        corpus.append(
+            "2024-%02d-%02dT%02d:%02d:%02d.%03dZ %-5s host%02d %s[%d]: %s id=%08x took=%dms\n"
+            % (
+                rng.randint(1, 12), rng.randint(1, 28), rng.randint(0, 23),
+                rng.randint(0, 59), rng.randint(0, 59), rng.randint(0, 999),
+                rng.choice(levels), rng.randint(1, 40), rng.choice(vocab),
+                rng.randint(100, 65000), words, rng.getrandbits(32), rng.randint(0, 5000),
+            )
+        )
+    return corpus
+
+
+def text_bytes(rng: random.Random, corpus: list, avg_len: float, n: int) -> bytes:
+    if n <= 0:
+        return b""
+    k = int(n / avg_len) + 2
+    data = "".join(rng.choices(corpus, k=k)).encode()
+    while len(data) < n:  # rare: draws came out short
+        data += "".join(rng.choices(corpus, k=k)).encode()
+    return data[:n]
+
+
+def mixed_bytes(rng: random.Random, corpus: list, avg_len: float, tag: bytes, n: int) -> bytes:
+    """Alternating 64 KiB runs of text and random data (compresses ~2x)."""
+    parts, off, i = [], 0, 0
+    while off < n:
+        m = min(64 * 1024, n - off)
+        if i % 2 == 0:
+            parts.append(text_bytes(rng, corpus, avg_len, m))
+        else:
+            parts.append(random_bytes(tag + b":mixed:" + str(i).encode(), m))
+        off += m
+        i += 1
+    return b"".join(parts)
+
+
+def throughput_sizes(rng: random.Random, files: int, total: int) -> list:
+    sizes = []
+    for _ in range(files):
+        r = rng.random()
+        if r < 0.70:
+            lo, hi = 4 << 10, 256 << 10
+        elif r < 0.95:
+            lo, hi = 256 << 10, 8 << 20
+        else:
+            lo, hi = 8 << 20, 64 << 20
+        sizes.append(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    scale = total / sum(sizes) if sizes else 1.0
+    return [max(1, int(s * scale)) for s in sizes]
+
+
+def generate(kind: str, files: int, size_mb: float, seed: int, out: str) -> dict:
+    rng = random.Random(f"{kind}:{seed}")
+    corpus = make_corpus(rng, 20000)
+    avg_len = sum(len(s) for s in corpus) / len(corpus)
+    os.makedirs(out, exist_ok=True)
+
+    if kind == "throughput":
+        sizes = throughput_sizes(rng, files, int(size_mb * (1 << 20)))
+        per_dir = 50
+        weights = (("random", 0.35), ("text", 0.40), ("mixed", 0.15), ("dup", 0.10))
+    else:
+        sizes = [rng.randint(1024, 8192) for _ in range(files)]
+        per_dir = 500
+        weights = (("text", 0.75), ("random", 0.20), ("dup", 0.05))
+
+    kinds = [k for k, _ in weights]
+    probs = [w for _, w in weights]
+    written = []  # (path, size) of non-duplicate files, duplicate sources
+    stats = {"kind": kind, "seed": seed, "files": 0, "bytes": 0, "dirs": 0,
+             "duplicates": 0, "random": 0, "text": 0, "mixed": 0}
+    dirs = set()
+    for i, size in enumerate(sizes):
+        d = os.path.join(out, "d%03d" % (i // (per_dir * 20)), "s%03d" % ((i // per_dir) % 20))
+        if d not in dirs:
+            os.makedirs(d, exist_ok=True)
+            dirs.add(d)
+        what = rng.choices(kinds, weights=probs)[0]
+        if what == "dup" and not written:
+            what = "text"
+        ext = {"random": ".bin", "text": ".log", "mixed": ".dat", "dup": ".copy"}[what]
+        path = os.path.join(d, "f%07d%s" % (i, ext))
+        tag = f"{kind}:{seed}:{i}".encode()
+        if what == "dup":
+            src, size = written[rng.randrange(len(written))]
+            shutil.copyfile(src, path)
+            stats["duplicates"] += 1
+        else:
+            if what == "random":
+                data = random_bytes(tag, size)
+            elif what == "text":
+                data = text_bytes(rng, corpus, avg_len, size)
+            else:
+                data = mixed_bytes(rng, corpus, avg_len, tag, size)
+            with open(path, "wb") as f:
+                f.write(data)
+            written.append((path, size))
+            stats[what] += 1
+        stats["files"] += 1
+        stats["bytes"] += size
+    # a few empty files and an empty directory: edge cases every tool must keep
+    if kind == "throughput" and files > 0:
+        os.makedirs(os.path.join(out, "empty-dir"), exist_ok=True)
+        for j in range(3):
+            open(os.path.join(out, "d000", "empty%d" % j), "wb").close()
+            stats["files"] += 1
+        dirs.add(os.path.join(out, "empty-dir"))
+    stats["dirs"] = len(dirs)
+    return stats
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kind", choices=("throughput", "many"), required=True)
+    p.add_argument("--files", type=int, required=True)
+    p.add_argument("--size-mb", type=float, default=0, help="total size in MiB (throughput only)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    if a.files < 1:
+        p.error("--files must be >= 1")
+    if a.kind == "throughput" and a.size_mb <= 0:
+        p.error("--size-mb must be > 0 for --kind throughput")
+    print(json.dumps(generate(a.kind, a.files, a.size_mb, a.seed, a.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+//! A repository in a local directory (or any mounted file system).
+//!
+//! Writes are atomic and never replace: the bytes go to a temporary file in
+//! `tmp/`, are fsynced, then hard-linked to their final name (link fails if
+//! the name exists, which gives put-if-absent without a race), and the
+//! directory is fsynced so the name survives a power cut.
+
+use anyhow::Context;
+use std::fs;
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    pub fn new(root: &Path) -> LocalBackend {
+        LocalBackend { root: root.to_path_buf() }
+    }
+
+    fn path_of(&self, key: &str) -> BResult<PathBuf> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn other(e: std::io::Error, what: String) -> BackendError {
+        BackendError::Other(anyhow::Error::new(e).context(what))
+    }
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    fn put_if_absent(&self, key: &str, data: &[u8]) -> BResult<PutOutcome> {
+        let dest = self.path_of(key)?;
+        if dest.symlink_metadata().is_ok() {
+            return Ok(PutOutcome::AlreadyExists);
+        }
+        let parent = dest.parent().context("object key has no parent")?;
+        fs::create_dir_all(parent)
+            .map_err(|e| Self::other(e, format!("cannot create directory {}", parent.display())))?;
+        let tmp_dir = self.root.join("tmp");
+        fs::create_dir_all(&tmp_dir)
+            .map_err(|e| Self::other(e, format!("cannot create directory {}", tmp_dir.display())))?;
+        let mut rnd = [0u8; 12];
+        getrandom::fill(&mut rnd).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let tmp = tmp_dir.join(format!("{}.tmp", hex::encode(rnd)));
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            let hint = if e.raw_os_error() == Some(libc::ENOSPC) {
+                " (the repository's file system is full: free space or move the repository)"
+            } else {
+                ""
+            };
+            return Err(Self::other(e, format!("cannot write {}{hint}", tmp.display())));
+        }
+        let linked = fs::hard_link(&tmp, &dest);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                fsync_dir(parent).map_err(|e| Self::other(e, format!("cannot fsync {}", parent.display())))?;
+                Ok(PutOutcome::Created)
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(PutOutcome::AlreadyExists),
+            Err(e) => Err(Self::other(e, format!("cannot create {}", dest.display()))),
+        }
+    }
+
+    fn get(&self, key: &str, range: Option<Range<u64>>) -> BResult<Vec<u8>> {
+        let p = self.path_of(key)?;
+        let mut f = match fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(BackendError::NotFound(key.into())),
+            Err(e) => return Err(Self::other(e, format!("cannot open {}", p.display()))),
+        };
+        let len = f.metadata().map_err(|e| Self::other(e, format!("cannot stat {}", p.display())))?.len();
+        match range {
+            None => {
+                let mut buf = Vec::with_capacity(len as usize);
+                f.read_to_end(&mut buf).map_err(|e| Self::other(e, format!("cannot read {}", p.display())))?;
+                Ok(buf)
+            }
+            Some(r) => {
+                if r.start > r.end || r.end > len {
+                    return Err(BackendError::Other(anyhow::anyhow!(
+                        "range {}..{} is outside object {key} of {len} bytes",
+                        r.start,
+                        r.end
+                    )));
+                }
+                let mut buf = vec![0u8; (r.end - r.start) as usize];
+                f.seek(SeekFrom::Start(r.start))
+                    .and_then(|_| f.read_exact(&mut buf))
+                    .map_err(|e| Self::other(e, format!("cannot read {}", p.display())))?;
+                Ok(buf)
+            }
+        }
+    }
+
+    fn list(&self, prefix: &str) -> BResult<Vec<ObjectInfo>> {
+        // Walk only the directories the prefix can reach.
+        let (dir_part, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+        let start = if dir_part.is_empty() { self.root.clone() } else { self.root.join(dir_part) };
+        let mut out = Vec::new();
+        let mut stack = vec![(start, dir_part.to_string())];
+        while let Some((dir, key_prefix)) = stack.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Self::other(e, format!("cannot list {}", dir.display()))),
+            };
+            for ent in rd {
+                let ent = ent.map_err(|e| Self::other(e, format!("cannot list {}", dir.display())))?;
+                let Some(name) = ent.file_name().to_str().map(str::to_string) else { continue };
+                let key = if key_prefix.is_empty() { name } else { format!("{key_prefix}/{name}") };
+                if key == "tmp" {
+                    continue; // half-written uploads are not objects
+                }
+                let ft = ent.file_type().map_err(|e| Self::other(e, format!("cannot stat {key}")))?;
+                if ft.is_dir() {
+                    if prefix.starts_with(&format!("{key}/")) || key.starts_with(prefix) {
+                        stack.push((ent.path(), key));
+                    }
+                } else if ft.is_file() && key.starts_with(prefix) {
+                    let size = ent.metadata().map_err(|e| Self::other(e, format!("cannot stat {key}")))?.len();
+                    out.push(ObjectInfo { key, size });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn stat(&self, key: &str) -> BResult<Option<u64>> {
+        let p = self.path_of(key)?;
+        match fs::metadata(&p) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Self::other(e, format!("cannot stat {}", p.display()))),
+        }
+    }
+
+    fn delete(&self, key: &str) -> BResult<()> {
+        let p = self.path_of(key)?;
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Self::other(e, format!("cannot delete {}", p.display()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::check(&LocalBackend::new(dir.path()));
+        // No temporary files are left behind.
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn url_parsing() {
+        assert!(open_url("file:///srv/repo").is_ok());
+        assert!(open_url("/srv/repo").is_ok());
+        assert!(open_url("file://relative").is_err());
+        assert!(open_url("relative/path").is_err());
+        let e = open_url("s3://bucket/x").err().unwrap().to_string();
+        assert!(e.contains("not built"), "{e}");
+    }
+}

@@ -1,0 +1,126 @@
+//! Backends: keys to bytes. A backend knows nothing of files or chunks.
+//!
+//! The trait is deliberately small so S3, SFTP, rclone and IPFS can sit
+//! behind it, and so retries, rate limits and fault injection can be
+//! decorators around it.
+
+use std::fmt;
+use std::ops::Range;
+
+pub mod local;
+pub mod memory;
+
+#[derive(Debug)]
+pub enum BackendError {
+    /// The key does not exist.
+    NotFound(String),
+    /// Anything else, with what failed and why.
+    Other(anyhow::Error),
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendError::NotFound(k) => write!(f, "object {k} not found"),
+            BackendError::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for BackendError {}
+
+impl From<anyhow::Error> for BackendError {
+    fn from(e: anyhow::Error) -> Self {
+        BackendError::Other(e)
+    }
+}
+
+pub type BResult<T> = Result<T, BackendError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    /// An object already had that key; it was left untouched.
+    AlreadyExists,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+pub trait Backend: Send + Sync {
+    /// Where this backend points, for messages (never holds secrets).
+    fn location(&self) -> String;
+    /// Store `data` under `key` unless an object is there already. The
+    /// object appears whole or not at all.
+    fn put_if_absent(&self, key: &str, data: &[u8]) -> BResult<PutOutcome>;
+    /// Read an object, or the byte range of it.
+    fn get(&self, key: &str, range: Option<Range<u64>>) -> BResult<Vec<u8>>;
+    /// Every object whose key starts with `prefix`, in no particular order.
+    fn list(&self, prefix: &str) -> BResult<Vec<ObjectInfo>>;
+    /// The size of an object, or `None` when it does not exist.
+    fn stat(&self, key: &str) -> BResult<Option<u64>>;
+    fn delete(&self, key: &str) -> BResult<()>;
+}
+
+/// Keys are `/`-separated names of `[A-Za-z0-9._-]`, never `.` or `..`:
+/// checked by every backend so a key cannot escape a directory root.
+pub fn check_key(key: &str) -> BResult<()> {
+    let ok = !key.is_empty()
+        && key.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+    if ok { Ok(()) } else { Err(BackendError::Other(anyhow::anyhow!("invalid object key {key:?}"))) }
+}
+
+/// Open the backend a repository URL names.
+pub fn open_url(url: &str) -> anyhow::Result<Box<dyn Backend>> {
+    let path = if let Some(rest) = url.strip_prefix("file://") {
+        rest
+    } else if url.starts_with('/') {
+        url
+    } else if let Some((scheme, _)) = url.split_once(':') {
+        anyhow::bail!(
+            "repository URL {url:?}: the {scheme:?} backend is not built into this version; use file:///ABS/PATH or a bare absolute path"
+        );
+    } else {
+        anyhow::bail!("repository URL {url:?} is not understood: use file:///ABS/PATH or a bare absolute path");
+    };
+    if !path.starts_with('/') {
+        anyhow::bail!("repository URL {url:?}: a local repository needs an absolute path (file:///srv/repo)");
+    }
+    Ok(Box::new(local::LocalBackend::new(std::path::Path::new(path))))
+}
+
+#[cfg(test)]
+pub(crate) mod conformance {
+    //! The behaviour every backend must have; each backend's tests call this.
+    use super::*;
+
+    pub fn check(b: &dyn Backend) {
+        assert_eq!(b.put_if_absent("data/ab/x1", b"hello").unwrap(), PutOutcome::Created);
+        assert_eq!(b.put_if_absent("data/ab/x1", b"other").unwrap(), PutOutcome::AlreadyExists);
+        assert_eq!(b.get("data/ab/x1", None).unwrap(), b"hello");
+        assert_eq!(b.get("data/ab/x1", Some(1..4)).unwrap(), b"ell");
+        assert!(b.get("data/ab/x1", Some(3..10)).is_err(), "a range past the end is an error");
+        assert!(matches!(b.get("data/ab/nope", None), Err(BackendError::NotFound(_))));
+        assert_eq!(b.stat("data/ab/x1").unwrap(), Some(5));
+        assert_eq!(b.stat("data/ab/nope").unwrap(), None);
+        b.put_if_absent("data/cd/x2", b"").unwrap();
+        b.put_if_absent("manifests/m1", b"m").unwrap();
+        let mut keys: Vec<String> = b.list("data/").unwrap().into_iter().map(|o| o.key).collect();
+        keys.sort();
+        assert_eq!(keys, vec!["data/ab/x1", "data/cd/x2"]);
+        assert_eq!(b.list("nothing/").unwrap(), vec![]);
+        b.delete("data/ab/x1").unwrap();
+        assert_eq!(b.stat("data/ab/x1").unwrap(), None);
+        assert!(b.put_if_absent("../evil", b"x").is_err());
+        assert!(b.put_if_absent("/abs", b"x").is_err());
+        assert!(b.get("a/../../etc/passwd", None).is_err());
+    }
+}

@@ -1,0 +1,196 @@
+//! `backup`: back up every new snapshot of the dataset(s), oldest first.
+
+use anyhow::Result;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::config::{DatasetConfig, SourceKind};
+use super::output::human_bytes;
+use super::{Ctx, GlobalArgs, UsageError};
+use crate::catalog::Catalog;
+use crate::engine::backup::{BackupOptions, ChangesetSummary, backup_dataset};
+use crate::source::ChangeSource;
+use crate::source::walk::WalkSource;
+
+#[derive(clap::Args)]
+pub struct BackupArgs {
+    /// The dataset to back up (default: every dataset of the config file).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Where the dataset's changes come from.
+    #[arg(long, value_enum)]
+    pub source: Option<SourceKind>,
+    /// The mounted dataset or subvolume, or the directory for `walk`.
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// For zfs: the ZFS dataset POOL/FS (default: the dataset name).
+    #[arg(long)]
+    pub zfs_dataset: Option<String>,
+    /// For btrfs: where the read-only snapshots live.
+    #[arg(long)]
+    pub snapshot_dir: Option<PathBuf>,
+    /// For walk: the label of this run (default: a UTC timestamp).
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn dataset_specs(ctx: &Ctx, a: &BackupArgs) -> Result<Vec<DatasetConfig>> {
+    let file = &ctx.settings.file;
+    match &a.dataset {
+        None => {
+            if a.source.is_some() || a.path.is_some() {
+                return Err(UsageError("--source and --path need --dataset NAME".into()).into());
+            }
+            if file.dataset.is_empty() {
+                return Err(UsageError(
+                    "no dataset to back up: pass --dataset NAME --source walk --path DIR, or add [[dataset]] tables to the config file".into(),
+                )
+                .into());
+            }
+            Ok(file.dataset.clone())
+        }
+        Some(name) => {
+            let base = file.dataset(name).cloned();
+            let source = a.source.or(base.as_ref().map(|b| b.source)).ok_or_else(|| {
+                UsageError(format!("dataset {name:?} is not in the config file: give its --source and --path"))
+            })?;
+            Ok(vec![DatasetConfig {
+                name: name.clone(),
+                source,
+                path: a.path.clone().or(base.as_ref().and_then(|b| b.path.clone())),
+                zfs_dataset: a.zfs_dataset.clone().or(base.as_ref().and_then(|b| b.zfs_dataset.clone())),
+                snapshot_dir: a.snapshot_dir.clone().or(base.as_ref().and_then(|b| b.snapshot_dir.clone())),
+            }])
+        }
+    }
+}
+
+/// A label for a walk run that no earlier run of the dataset used.
+fn walk_label(ctx: &Ctx, dataset: &str, given: Option<&str>) -> Result<String> {
+    if let Some(l) = given {
+        return Ok(l.to_string());
+    }
+    let base = crate::util::utc_timestamp(crate::util::now());
+    let path = ctx.state.catalog(dataset);
+    if !path.exists() {
+        return Ok(base);
+    }
+    let cat = Catalog::open(&path, dataset)?;
+    let mut label = base.clone();
+    let mut n = 2;
+    while cat.changeset_by_snapshot(&label)?.is_some() {
+        label = format!("{base}-{n}");
+        n += 1;
+    }
+    Ok(label)
+}
+
+fn make_source(ctx: &Ctx, d: &DatasetConfig, label: Option<&str>) -> Result<Box<dyn ChangeSource>> {
+    match d.source {
+        SourceKind::Walk => {
+            let path = d.path.clone().ok_or_else(|| {
+                UsageError(format!(
+                    "dataset {:?}: a walk source needs --path DIR (or `path` in its config table)",
+                    d.name
+                ))
+            })?;
+            if !path.is_absolute() {
+                return Err(
+                    UsageError(format!("dataset {:?}: --path {} must be absolute", d.name, path.display())).into()
+                );
+            }
+            if !path.is_dir() {
+                anyhow::bail!("dataset {:?}: {} is not a directory: check --path", d.name, path.display());
+            }
+            Ok(Box::new(WalkSource::new(&path, walk_label(ctx, &d.name, label)?)))
+        }
+        SourceKind::Btrfs | SourceKind::Zfs => anyhow::bail!(
+            "dataset {:?}: the {:?} source is not available in this build yet; use --source walk on the snapshot directory",
+            d.name,
+            d.source
+        ),
+    }
+}
+
+fn print_summary(s: &ChangesetSummary) {
+    println!(
+        "{}: snapshot {} stored as changeset {} ({}{}): {} added, {} modified, {} metadata, {} removed, {} failed; read {}, uploaded {} in {} packs",
+        s.dataset,
+        s.snapshot,
+        s.changeset,
+        s.method,
+        if s.resumed { ", resumed" } else { "" },
+        s.added,
+        s.modified,
+        s.metadata,
+        s.removed,
+        s.failed,
+        human_bytes(s.bytes_read),
+        human_bytes(s.bytes_uploaded),
+        s.packs
+    );
+}
+
+pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
+    let ctx = Ctx::open(g)?;
+    let specs = dataset_specs(&ctx, &a)?;
+    let mut opts = BackupOptions::default();
+    if let Some(mb) = ctx.settings.file.pack_size_mb {
+        opts.upload.pack_target = (mb.clamp(1, 512) as usize) << 20;
+    }
+    if let Ok(v) = std::env::var("N2S_PACK_SIZE_KB") {
+        // For tests: small packs make many packs out of little data.
+        if let Ok(kb) = v.parse::<usize>() {
+            opts.upload.pack_target = kb.max(4) << 10;
+        }
+    }
+    if let Some(n) = ctx.settings.file.checkpoint_every {
+        opts.checkpoint_every = n.max(1);
+    }
+    let mut all = Vec::new();
+    let mut errors = Vec::new();
+    for d in &specs {
+        let result = make_source(&ctx, d, a.snapshot.as_deref())
+            .and_then(|mut src| backup_dataset(&ctx.repo, &ctx.state, &d.name, src.as_mut(), &opts));
+        match result {
+            Ok(done) => {
+                if done.is_empty() {
+                    log::info!("{}: nothing new to back up", d.name);
+                }
+                all.extend(done);
+            }
+            Err(e) => {
+                if specs.len() == 1 {
+                    return Err(e);
+                }
+                log::error!("{}: {e:#}", d.name);
+                errors.push(format!("{}: {e:#}", d.name));
+            }
+        }
+    }
+    if a.json {
+        super::output::print_json(&serde_json::json!({ "changesets": all, "errors": errors }))?;
+    } else {
+        for s in &all {
+            print_summary(s);
+        }
+    }
+    let problems: usize = all.iter().map(|s| s.problems.len()).sum();
+    for s in &all {
+        for p in s.problems.iter().take(20) {
+            eprintln!("n2s-agent: warning: {}: {p}", s.dataset);
+        }
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("{} of {} datasets failed: {}", errors.len(), specs.len(), errors.join("; "));
+    }
+    if problems > 0 {
+        anyhow::bail!(
+            "{problems} paths could not be read and are not in the backup (listed above); fix their permissions or errors and run backup again"
+        );
+    }
+    super::ok()
+}

@@ -1,0 +1,149 @@
+//! The agent's configuration: a TOML file, overridden by flags and the
+//! environment, so a one-off run needs no file at all.
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+use super::UsageError;
+
+pub const DEFAULT_CONFIG: &str = "/etc/n2s/agent.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/n2s";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Walk,
+    Btrfs,
+    Zfs,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    pub name: String,
+    pub source: SourceKind,
+    pub path: Option<PathBuf>,
+    pub zfs_dataset: Option<String>,
+    pub snapshot_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub repo: Option<String>,
+    pub key_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    /// Target size of packs in MiB (default 16).
+    pub pack_size_mb: Option<u64>,
+    /// Every this many changesets a full manifest is written (default 16).
+    pub checkpoint_every: Option<i64>,
+    #[serde(default)]
+    pub dataset: Vec<DatasetConfig>,
+}
+
+impl FileConfig {
+    /// Load the config file: the one named (which must exist), else the
+    /// default path when it exists, else an empty config.
+    pub fn load(named: Option<&Path>) -> Result<FileConfig> {
+        let (path, must_exist) = match named {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => return Ok(FileConfig::default()),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot read config file {}: check --config or N2S_CONFIG", path.display())
+                });
+            }
+        };
+        let cfg: FileConfig = toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            let msg = e.message().replace('\n', " ");
+            match line {
+                Some(l) => anyhow::anyhow!("config file {} line {l}: {msg}", path.display()),
+                None => anyhow::anyhow!("config file {}: {msg}", path.display()),
+            }
+        })?;
+        let mut seen = std::collections::HashSet::new();
+        for d in &cfg.dataset {
+            if !seen.insert(&d.name) {
+                anyhow::bail!("config file {}: dataset {:?} is defined twice", path.display(), d.name);
+            }
+        }
+        Ok(cfg)
+    }
+
+    pub fn dataset(&self, name: &str) -> Option<&DatasetConfig> {
+        self.dataset.iter().find(|d| d.name == name)
+    }
+}
+
+/// The settings a command runs with, resolved from flags, env and file.
+pub struct Settings {
+    pub repo: String,
+    pub key_file: PathBuf,
+    pub state_dir: PathBuf,
+    pub file: FileConfig,
+}
+
+impl Settings {
+    pub fn resolve(g: &super::GlobalArgs) -> Result<Settings> {
+        let file = FileConfig::load(g.config.as_deref())?;
+        let repo = g.repo.clone().or_else(|| file.repo.clone()).ok_or_else(|| {
+            UsageError("no repository given: pass --repo URL, set N2S_REPO, or set `repo` in the config file".into())
+        })?;
+        let key_file = g.key_file.clone().or_else(|| file.key_file.clone()).ok_or_else(|| {
+            UsageError(
+                "no key file given: pass --key-file PATH, set N2S_KEY_FILE, or set `key_file` in the config file"
+                    .into(),
+            )
+        })?;
+        let state_dir =
+            g.state_dir.clone().or_else(|| file.state_dir.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        Ok(Settings { repo, key_file, state_dir, file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_the_example_and_rejects_typos() {
+        let ok = r#"
+            repo = "file:///srv/repo"
+            key_file = "/etc/n2s/key"
+            [[dataset]]
+            name = "home"
+            source = "walk"
+            path = "/home"
+        "#;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, ok).unwrap();
+        let c = FileConfig::load(Some(&p)).unwrap();
+        assert_eq!(c.dataset("home").unwrap().source, SourceKind::Walk);
+
+        std::fs::write(&p, "repo = \"x\"\n[[dataset]]\nname = \"a\"\nsource = \"walk\"\npth = \"/x\"\n").unwrap();
+        let e = format!("{:#}", FileConfig::load(Some(&p)).unwrap_err());
+        assert!(e.contains("line 5") && e.contains("pth") && !e.contains('\n'), "{e}");
+
+        std::fs::write(&p, "[[dataset]]\nname = \"a\"\nsource = \"nfs\"\n").unwrap();
+        assert!(FileConfig::load(Some(&p)).is_err());
+        assert!(FileConfig::load(Some(&dir.path().join("missing.toml"))).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn config_parser_never_panics(text in ".{0,200}") {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("c.toml");
+            std::fs::write(&p, &text).unwrap();
+            let _ = FileConfig::load(Some(&p));
+        }
+    }
+}

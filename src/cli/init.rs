@@ -1,0 +1,52 @@
+//! `init`: create the repository and, if needed, a new key file.
+
+use anyhow::Result;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use super::GlobalArgs;
+use crate::core::keys::MasterKey;
+use crate::repo::Repository;
+
+#[derive(clap::Args)]
+pub struct InitArgs {
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(g: &GlobalArgs, a: InitArgs) -> Result<ExitCode> {
+    let s = super::config::Settings::resolve(g)?;
+    let backend: Arc<dyn crate::backend::Backend> = Arc::from(crate::backend::open_url(&s.repo)?);
+    // Check first, so an existing repository never costs a stray key file.
+    if backend.stat(crate::repo::CONFIG_KEY).map_err(|e| anyhow::anyhow!("{e}"))?.is_some() {
+        anyhow::bail!("a repository already exists at {}: refusing to overwrite it", backend.location());
+    }
+    let (key, created_key) = if s.key_file.exists() {
+        (MasterKey::load(&s.key_file)?, false)
+    } else {
+        let k = MasterKey::generate()?;
+        k.save_new(&s.key_file)?;
+        (k, true)
+    };
+    let repo = Repository::init(backend, &key)?;
+    if a.json {
+        super::output::print_json(&serde_json::json!({
+            "repository": repo.backend.location(),
+            "id": repo.config.id,
+            "key_file": s.key_file,
+            "key_created": created_key,
+        }))?;
+    } else {
+        println!("created repository {} (id {})", repo.backend.location(), repo.config.id);
+        if created_key {
+            println!(
+                "created key file {} (mode 0600): keep a copy somewhere safe, without it nothing can be restored",
+                s.key_file.display()
+            );
+        } else {
+            println!("using existing key file {}", s.key_file.display());
+        }
+    }
+    super::ok()
+}

@@ -1,0 +1,88 @@
+//! `list`: the changesets backed up, with status, counts, bytes and times.
+
+use anyhow::Result;
+use std::process::ExitCode;
+
+use super::output::{human_bytes, time_or_dash};
+use super::{Ctx, GlobalArgs};
+
+#[derive(clap::Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub dataset: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(g: &GlobalArgs, a: ListArgs) -> Result<ExitCode> {
+    let ctx = Ctx::open(g)?;
+    let mut rows = Vec::new();
+    for ds in ctx.selected_datasets(a.dataset.as_deref())? {
+        let cat = ctx.existing_catalog(&ds)?;
+        for c in cat.changesets()? {
+            rows.push(serde_json::json!({
+                "dataset": ds,
+                "changeset": c.id,
+                "snapshot": c.snapshot,
+                "identity": serde_json::from_str::<serde_json::Value>(&c.identity).unwrap_or_default(),
+                "source": c.source,
+                "method": c.method,
+                "kind": c.kind,
+                "status": c.status.as_str(),
+                "added": c.n_added,
+                "modified": c.n_modified,
+                "metadata": c.n_metadata,
+                "removed": c.n_removed,
+                "failed": c.n_failed,
+                "bytes_changed": c.bytes_changed,
+                "bytes_uploaded": c.bytes_uploaded,
+                "started_at": c.started_at,
+                "confirmed_at": c.completed_at,
+                "manifest": c.manifest_key,
+            }));
+        }
+    }
+    if a.json {
+        return super::output::print_json(&serde_json::json!({ "changesets": rows })).map(|()| ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("no backups yet");
+        return super::ok();
+    }
+    println!(
+        "{:<16} {:>4} {:<24} {:<10} {:<6} {:>8} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10}  {:<20}  method",
+        "DATASET",
+        "ID",
+        "SNAPSHOT",
+        "STATUS",
+        "KIND",
+        "ADDED",
+        "MODIFIED",
+        "META",
+        "REMOVED",
+        "FAILED",
+        "CHANGED",
+        "UPLOADED",
+        "CONFIRMED"
+    );
+    for r in &rows {
+        println!(
+            "{:<16} {:>4} {:<24} {:<10} {:<6} {:>8} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10}  {:<20}  {}",
+            r["dataset"].as_str().unwrap_or(""),
+            r["changeset"],
+            r["snapshot"].as_str().unwrap_or(""),
+            r["status"].as_str().unwrap_or(""),
+            r["kind"].as_str().unwrap_or("-"),
+            r["added"],
+            r["modified"],
+            r["metadata"],
+            r["removed"],
+            r["failed"],
+            human_bytes(r["bytes_changed"].as_u64().unwrap_or(0)),
+            human_bytes(r["bytes_uploaded"].as_u64().unwrap_or(0)),
+            time_or_dash(r["confirmed_at"].as_i64()),
+            r["method"].as_str().unwrap_or(""),
+        );
+    }
+    super::ok()
+}

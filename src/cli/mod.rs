@@ -1,0 +1,238 @@
+//! The command line: one file per verb. This module parses arguments,
+//! resolves settings, and turns errors into one line on stderr with exit
+//! status 1 (2 for bad usage).
+
+mod backup;
+mod catalog;
+pub mod config;
+mod init;
+mod list;
+mod ls;
+pub mod output;
+mod restore;
+mod search;
+mod status;
+mod verify;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::catalog::Catalog;
+use crate::core::keys::MasterKey;
+use crate::repo::Repository;
+use crate::state::StatePaths;
+
+/// A mistake in how the command was called: exit status 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for UsageError {}
+
+#[derive(Parser)]
+#[command(
+    name = "n2s-agent",
+    version,
+    about = "Back up ZFS/btrfs snapshots or directories to an encrypted, deduplicated repository"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct GlobalArgs {
+    /// Config file (default /etc/n2s/agent.toml when it exists).
+    #[arg(long, global = true, env = "N2S_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Repository URL: file:///ABS/PATH or an absolute path.
+    #[arg(long, global = true, env = "N2S_REPO", value_name = "URL")]
+    pub repo: Option<String>,
+    /// Key file (mode 0600). Never pass the key itself on the command line.
+    #[arg(long, global = true, env = "N2S_KEY_FILE", value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// Where catalogs and caches live (default /var/lib/n2s).
+    #[arg(long, global = true, env = "N2S_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// More log output (-vv for debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create the repository, and a new key file if none exists.
+    Init(init::InitArgs),
+    /// Back up every new snapshot of the dataset(s), oldest first.
+    Backup(backup::BackupArgs),
+    /// Restore a snapshot, or some paths of it, into a directory.
+    Restore(restore::RestoreArgs),
+    /// Snapshots backed up, with status, counts, bytes and confirm times.
+    List(list::ListArgs),
+    /// The tree as of a snapshot.
+    Ls(ls::LsArgs),
+    /// Which snapshots hold paths that match, and their versions.
+    Search(search::SearchArgs),
+    /// Per dataset: last snapshot seen and backed up, unfinished work.
+    Status(status::StatusArgs),
+    /// Check the repository.
+    Verify(verify::VerifyArgs),
+    /// Local catalog maintenance.
+    Catalog {
+        #[command(subcommand)]
+        command: catalog::CatalogCommand,
+    },
+}
+
+/// What most verbs need: the open repository and its state directory.
+pub struct Ctx {
+    pub settings: config::Settings,
+    pub repo: Arc<Repository>,
+    pub state: StatePaths,
+}
+
+impl Ctx {
+    pub fn open(g: &GlobalArgs) -> Result<Ctx> {
+        let settings = config::Settings::resolve(g)?;
+        let key = MasterKey::load(&settings.key_file)?;
+        let backend: Arc<dyn crate::backend::Backend> = Arc::from(crate::backend::open_url(&settings.repo)?);
+        let repo = Arc::new(Repository::open(backend, &key)?);
+        let state = StatePaths::new(&settings.state_dir, &repo.config.id)?;
+        Ok(Ctx { settings, repo, state })
+    }
+
+    /// Names of the datasets with a local catalog.
+    pub fn known_datasets(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for p in self.state.catalog_files()? {
+            if let Ok(n) = Catalog::dataset_name_of(&p) {
+                out.push(n);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Open the catalog of a dataset that has been backed up before.
+    pub fn existing_catalog(&self, dataset: &str) -> Result<Catalog> {
+        let path = self.state.catalog(dataset);
+        if !path.exists() {
+            let known = self.known_datasets()?;
+            return Err(UsageError(format!(
+                "no catalog for dataset {dataset:?} in {} (known: {}); run `n2s-agent catalog rebuild` if the state directory was lost",
+                self.settings.state_dir.display(),
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            ))
+            .into());
+        }
+        Catalog::open(&path, dataset)
+    }
+
+    /// The datasets a read verb covers: the one named, else all known.
+    pub fn selected_datasets(&self, named: Option<&str>) -> Result<Vec<String>> {
+        match named {
+            Some(d) => Ok(vec![d.to_string()]),
+            None => self.known_datasets(),
+        }
+    }
+}
+
+/// Find a changeset by snapshot name, `latest`, or `#N`.
+pub fn find_changeset(cat: &Catalog, snapshot: &str) -> Result<crate::catalog::ChangesetRow> {
+    let found = if snapshot == "latest" {
+        cat.latest_complete()?
+    } else if let Some(n) = snapshot.strip_prefix('#').and_then(|n| n.parse().ok()) {
+        cat.changeset(n)?
+    } else {
+        cat.changeset_by_snapshot(snapshot)?
+    };
+    match found {
+        Some(c) if c.status == crate::catalog::ChangesetStatus::Complete => Ok(c),
+        Some(c) => anyhow::bail!(
+            "snapshot {snapshot} of dataset {} is not completely backed up yet (status {}); run backup to finish it",
+            cat.dataset(),
+            c.status.as_str()
+        ),
+        None => anyhow::bail!(
+            "dataset {} has no backed-up snapshot {snapshot:?}: see `n2s-agent list --dataset {}`",
+            cat.dataset(),
+            cat.dataset()
+        ),
+    }
+}
+
+struct StderrLogger {
+    level: log::LevelFilter,
+}
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= self.level
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let lvl = match r.level() {
+                log::Level::Error => "error: ",
+                log::Level::Warn => "warning: ",
+                _ => "",
+            };
+            eprintln!("n2s-agent: {lvl}{}", r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let level = match (cli.global.quiet, cli.global.verbose) {
+        (true, _) => log::LevelFilter::Warn,
+        (false, 0) => log::LevelFilter::Info,
+        (false, _) => log::LevelFilter::Debug,
+    };
+    let _ = log::set_boxed_logger(Box::new(StderrLogger { level }));
+    log::set_max_level(level);
+    let g = cli.global.clone();
+    let result = match cli.command {
+        Command::Init(a) => init::run(&g, a),
+        Command::Backup(a) => backup::run(&g, a),
+        Command::Restore(a) => restore::run(&g, a),
+        Command::List(a) => list::run(&g, a),
+        Command::Ls(a) => ls::run(&g, a),
+        Command::Search(a) => search::run(&g, a),
+        Command::Status(a) => status::run(&g, a),
+        Command::Verify(a) => verify::run(&g, a),
+        Command::Catalog { command } => catalog::run(&g, command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("n2s-agent: error: {line}");
+            if e.downcast_ref::<UsageError>().is_some() { ExitCode::from(2) } else { ExitCode::from(1) }
+        }
+    }
+}
+
+/// Shorthand used by verbs that have nothing to report but success.
+pub fn ok() -> Result<ExitCode> {
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,96 @@
+//! `restore`: bring back a snapshot, or some paths of it, into a directory.
+
+use anyhow::Result;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::output::human_bytes;
+use super::{Ctx, GlobalArgs, UsageError, find_changeset};
+use crate::engine::restore::{RestoreOptions, restore};
+
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    /// Snapshot name (as in `list`), `latest`, or `#N` for changeset N.
+    pub snapshot: String,
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Directory to restore into (created if missing; must be empty unless --overwrite).
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Restore only this path of the snapshot (repeatable).
+    #[arg(long = "path", value_name = "P")]
+    pub paths: Vec<PathBuf>,
+    /// Replace files that already exist in the target.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(g: &GlobalArgs, a: RestoreArgs) -> Result<ExitCode> {
+    let ctx = Ctx::open(g)?;
+    let dataset = match a.dataset.clone() {
+        Some(d) => d,
+        None => {
+            let known = ctx.known_datasets()?;
+            match known.as_slice() {
+                [one] => one.clone(),
+                _ => return Err(UsageError("restore needs --dataset NAME".into()).into()),
+            }
+        }
+    };
+    if !ctx.state.catalog(&dataset).exists() {
+        // Disaster recovery: only the repository and the key are left.
+        log::info!("no local catalog for {dataset}: rebuilding it from the repository");
+        crate::engine::rebuild::rebuild(&ctx.repo, &ctx.state, Some(&dataset))?;
+    }
+    let cat = ctx.existing_catalog(&dataset)?;
+    let cs = find_changeset(&cat, &a.snapshot)?;
+    let paths = a
+        .paths
+        .iter()
+        .map(|p| {
+            let b = p.as_os_str().as_bytes();
+            let b = b.strip_prefix(b"/").unwrap_or(b);
+            b.strip_suffix(b"/").unwrap_or(b).to_vec()
+        })
+        .collect();
+    let opts = RestoreOptions {
+        target: a.target.clone(),
+        paths,
+        overwrite: a.overwrite,
+        workers: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
+    };
+    let report = restore(&ctx.repo, &cat, &ctx.state.index_db(), &cs, &opts)?;
+    for w in report.warnings.iter().take(20) {
+        log::warn!("{w}");
+    }
+    if a.json {
+        super::output::print_json(&serde_json::json!({
+            "dataset": dataset, "snapshot": cs.snapshot, "changeset": cs.id,
+            "target": a.target, "report": report,
+        }))?;
+    } else {
+        println!(
+            "restored {dataset} snapshot {} into {}: {} files ({}), {} directories, {} hardlinks, {} other",
+            cs.snapshot,
+            a.target.display(),
+            report.files,
+            human_bytes(report.bytes),
+            report.dirs,
+            report.links,
+            report.other
+        );
+    }
+    if !report.failed.is_empty() {
+        for f in &report.failed {
+            eprintln!("n2s-agent: error: not restored: {f}");
+        }
+        anyhow::bail!(
+            "{} paths could not be restored (listed above); everything else was; run `n2s-agent verify --level full` to check the repository",
+            report.failed.len()
+        );
+    }
+    super::ok()
+}

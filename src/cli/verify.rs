@@ -1,0 +1,44 @@
+//! `verify`: check the repository (quick, standard or full).
+
+use anyhow::Result;
+use std::process::ExitCode;
+
+use super::{Ctx, GlobalArgs};
+use crate::engine::verify::{Level, verify};
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// quick: objects present and indexes consistent; standard: also read
+    /// every pack and check its hash; full: also decrypt and re-hash every chunk.
+    #[arg(long, value_enum, default_value = "standard")]
+    pub level: Level,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(g: &GlobalArgs, a: VerifyArgs) -> Result<ExitCode> {
+    let ctx = Ctx::open(g)?;
+    let r = verify(&ctx.repo, &ctx.state, a.level)?;
+    if a.json {
+        super::output::print_json(&serde_json::to_value(&r)?)?;
+    } else {
+        println!(
+            "verify {:?}: {} packs ({} read), {} chunks checked, {} manifests, {} segments, {} referenced chunks: {}",
+            a.level,
+            r.packs,
+            r.packs_read,
+            r.chunks_checked,
+            r.manifests,
+            r.segments,
+            r.referenced_chunks,
+            if r.ok { "no problems" } else { "PROBLEMS FOUND" }
+        );
+    }
+    if !r.ok {
+        for p in &r.problems {
+            eprintln!("n2s-agent: problem: {p}");
+        }
+        anyhow::bail!("verify found {} problems (listed above)", r.problems.len());
+    }
+    super::ok()
+}

@@ -1,0 +1,9 @@
+//! Orchestration: the flows that tie sources, the seal core, backends and
+//! the catalog together. Each flow is one file.
+
+pub mod backup;
+pub mod prior;
+pub mod rebuild;
+pub mod restore;
+pub mod upload;
+pub mod verify;

@@ -1,0 +1,467 @@
+//! The upload pipeline of one changeset: read, chunk, hash, seal, pack,
+//! upload, confirm. Stages run on their own threads so reading, sealing and
+//! writing overlap, and sealing uses every core:
+//!
+//! ```text
+//! reader ──chunks──▶ sealers (N) ──sealed, any order──▶ packer (reorders)
+//!                                                         │ packs
+//!                                                         ▼
+//!                      committer (this thread) ◀──confirmed── uploaders (M)
+//! ```
+//!
+//! Invariants:
+//! - A file is marked stored only when every pack holding one of its chunks
+//!   is confirmed, and the chunk index is committed before the file rows.
+//! - The packer sees chunks in reader order, so "every pack up to P is
+//!   confirmed" is enough to know a file's chunks are durable.
+//! - Memory is bounded by channel capacities and the pack size, never by
+//!   the number or size of files.
+
+use anyhow::{Context, Result, bail};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::backend::BackendError;
+use crate::catalog::index::ChunkIndex;
+use crate::catalog::{Catalog, StoredFile};
+use crate::core::chunker::Chunker;
+use crate::core::pack::{self, FinishedPack, KIND_DATA, PackBuilder};
+use crate::model::{ChunkId, display_path};
+use crate::repo::Repository;
+use crate::source::SnapshotReader;
+use crate::util::{fault, now};
+
+#[derive(Clone, Debug)]
+pub struct UploadOptions {
+    /// A pack is closed once its blobs pass this many bytes.
+    pub pack_target: usize,
+    pub sealers: usize,
+    pub uploaders: usize,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        UploadOptions { pack_target: 16 << 20, sealers: cores, uploaders: 2 }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct UploadReport {
+    pub files_stored: u64,
+    pub failed: Vec<(Vec<u8>, String)>,
+    pub bytes_read: u64,
+    pub bytes_uploaded: u64,
+    pub packs: u64,
+}
+
+enum Work {
+    Chunk { seq: u64, token: u64, data: Vec<u8> },
+    End { seq: u64, token: u64, path: Vec<u8>, outcome: Result<(u64, [u8; 32]), String> },
+}
+
+enum Sealed {
+    /// `sealed` is `None` when the index already holds the chunk.
+    Chunk {
+        seq: u64,
+        token: u64,
+        id: ChunkId,
+        raw_len: u32,
+        sealed: Option<Vec<u8>>,
+    },
+    End {
+        seq: u64,
+        token: u64,
+        path: Vec<u8>,
+        outcome: Result<(u64, [u8; 32]), String>,
+    },
+}
+
+impl Sealed {
+    fn seq(&self) -> u64 {
+        match self {
+            Sealed::Chunk { seq, .. } | Sealed::End { seq, .. } => *seq,
+        }
+    }
+}
+
+struct PackJob {
+    seq: u64,
+    pack: FinishedPack,
+}
+
+enum ToCommitter {
+    FileReady { path: Vec<u8>, chunks: Vec<ChunkId>, need_pack: u64, size: u64, hash: [u8; 32], at: i64 },
+    FileFailed { path: Vec<u8>, error: String },
+    Confirmed { seq: u64, job: PackJob },
+    UploadFailed { error: String },
+    Fatal { error: String },
+}
+
+/// Reads content and hashes the whole file on the way.
+struct HashingReader<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// Upload the content of every pending file of changeset `cs`.
+#[allow(clippy::too_many_arguments)]
+pub fn upload_changeset(
+    repo: &Arc<Repository>,
+    index_path: &Path,
+    catalog_path: &Path,
+    dataset: &str,
+    catalog: &mut Catalog,
+    cs: i64,
+    mut reader: Box<dyn SnapshotReader>,
+    opts: &UploadOptions,
+) -> Result<UploadReport> {
+    let mut index = ChunkIndex::open(index_path)?;
+    let abort = AtomicBool::new(false);
+    let (work_tx, work_rx) = bounded::<Work>(opts.sealers * 4);
+    let (sealed_tx, sealed_rx) = bounded::<Sealed>(opts.sealers * 4);
+    let (pack_tx, pack_rx) = bounded::<PackJob>(1);
+    let (commit_tx, commit_rx) = unbounded::<ToCommitter>();
+    let (confirm_tx, confirm_rx) = unbounded::<u64>();
+    let mut report = UploadReport::default();
+
+    std::thread::scope(|s| -> Result<()> {
+        // Reader: pending files in path order, paged from its own connection.
+        {
+            let work_tx = work_tx;
+            let commit_tx = commit_tx.clone();
+            let abort = &abort;
+            let chunker_params = repo.config.chunker;
+            let seed = repo.keys.chunker_seed;
+            s.spawn(move || {
+                let result = (|| -> Result<()> {
+                    let cat = Catalog::open(catalog_path, dataset)?;
+                    let mut after: Option<Vec<u8>> = None;
+                    let mut seq = 0u64;
+                    let mut token = 0u64;
+                    loop {
+                        let page = cat.pending_files(cs, after.as_deref(), 512)?;
+                        let Some(last) = page.last() else { break };
+                        after = Some(last.path.clone());
+                        for f in page {
+                            if abort.load(Ordering::Relaxed) {
+                                return Ok(());
+                            }
+                            token += 1;
+                            let outcome = match reader.open(&f.path) {
+                                Err(e) => Err(format!("cannot open: {e}")),
+                                Ok(file) => {
+                                    let mut hr = HashingReader { inner: file, hasher: blake3::Hasher::new(), len: 0 };
+                                    let mut res = Ok(());
+                                    for chunk in Chunker::new(&mut hr, chunker_params, seed) {
+                                        match chunk {
+                                            Ok(data) => {
+                                                if work_tx.send(Work::Chunk { seq, token, data }).is_err() {
+                                                    return Ok(());
+                                                }
+                                                seq += 1;
+                                            }
+                                            Err(e) => {
+                                                res = Err(format!("read error: {e}"));
+                                                break;
+                                            }
+                                        }
+                                    }
+                                    res.map(|()| (hr.len, *hr.hasher.finalize().as_bytes()))
+                                }
+                            };
+                            if work_tx.send(Work::End { seq, token, path: f.path, outcome }).is_err() {
+                                return Ok(());
+                            }
+                            seq += 1;
+                        }
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = result {
+                    let _ = commit_tx.send(ToCommitter::Fatal { error: format!("{e:#}") });
+                }
+            });
+        }
+
+        // Sealers: hash; skip what the index has; compress and seal the rest.
+        for _ in 0..opts.sealers {
+            let work_rx = work_rx.clone();
+            let sealed_tx = sealed_tx.clone();
+            let commit_tx = commit_tx.clone();
+            s.spawn(move || {
+                let result = (|| -> Result<()> {
+                    let index = ChunkIndex::open(index_path)?;
+                    for w in work_rx {
+                        let out = match w {
+                            Work::Chunk { seq, token, data } => {
+                                let id = repo.keys.chunk_id(&data);
+                                let sealed = if index.contains(&id)? {
+                                    None
+                                } else {
+                                    Some(pack::seal_chunk(&repo.sealer, &id, &data))
+                                };
+                                Sealed::Chunk { seq, token, id, raw_len: data.len() as u32, sealed }
+                            }
+                            Work::End { seq, token, path, outcome } => Sealed::End { seq, token, path, outcome },
+                        };
+                        if sealed_tx.send(out).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = result {
+                    let _ = commit_tx.send(ToCommitter::Fatal { error: format!("{e:#}") });
+                }
+            });
+        }
+        drop(work_rx);
+        drop(sealed_tx);
+
+        // Packer: puts chunks back in reader order, drops duplicates, fills packs.
+        {
+            let commit_tx = commit_tx.clone();
+            let pack_target = opts.pack_target;
+            s.spawn(move || {
+                let result = run_packer(repo, index_path, sealed_rx, pack_tx, &commit_tx, confirm_rx, pack_target);
+                if let Err(e) = result {
+                    let _ = commit_tx.send(ToCommitter::Fatal { error: format!("{e:#}") });
+                }
+            });
+        }
+
+        // Uploaders.
+        for _ in 0..opts.uploaders {
+            let pack_rx = pack_rx.clone();
+            let commit_tx = commit_tx.clone();
+            s.spawn(move || {
+                for job in pack_rx {
+                    match put_with_retry(repo, &job.pack) {
+                        Ok(()) => {
+                            fault::hit("pack-uploaded");
+                            let seq = job.seq;
+                            let _ = commit_tx.send(ToCommitter::Confirmed { seq, job });
+                        }
+                        Err(e) => {
+                            let _ = commit_tx.send(ToCommitter::UploadFailed { error: format!("{e:#}") });
+                        }
+                    }
+                }
+            });
+        }
+        drop(pack_rx);
+        drop(commit_tx);
+
+        // Committer: this thread.
+        let result = run_committer(catalog, &mut index, cs, commit_rx, &confirm_tx, &mut report, &abort);
+        if result.is_err() {
+            abort.store(true, Ordering::Relaxed);
+        }
+        drop(confirm_tx);
+        result
+    })?;
+    Ok(report)
+}
+
+fn put_with_retry(repo: &Repository, pack: &FinishedPack) -> Result<()> {
+    let key = pack.id.object_key();
+    let mut delay = Duration::from_millis(500);
+    for attempt in 1..=4 {
+        match repo.backend.put_if_absent(&key, &pack.bytes) {
+            Ok(_) => return Ok(()),
+            Err(BackendError::NotFound(k)) => bail!("backend reported {k} missing while storing it"),
+            Err(e) if attempt < 4 => {
+                log::warn!("storing pack {key} failed (attempt {attempt}): {e}; retrying in {delay:?}");
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+            Err(e) => return Err(anyhow::anyhow!("{e}")).context(format!("cannot store pack {key}")),
+        }
+    }
+    unreachable!("the loop returns on its last attempt")
+}
+
+struct FileAcc {
+    chunks: Vec<ChunkId>,
+    need_pack: u64,
+}
+
+fn run_packer(
+    repo: &Repository,
+    index_path: &Path,
+    sealed_rx: Receiver<Sealed>,
+    pack_tx: Sender<PackJob>,
+    commit_tx: &Sender<ToCommitter>,
+    confirm_rx: Receiver<u64>,
+    pack_target: usize,
+) -> Result<()> {
+    let index = ChunkIndex::open(index_path)?;
+    let mut reorder: BTreeMap<u64, Sealed> = BTreeMap::new();
+    let mut next = 0u64;
+    // Chunks placed in packs not yet confirmed, and which pack.
+    let mut inflight: HashMap<ChunkId, u64> = HashMap::new();
+    let mut ids_of_pack: HashMap<u64, Vec<ChunkId>> = HashMap::new();
+    let mut files: HashMap<u64, FileAcc> = HashMap::new();
+    let mut pack_seq = 1u64;
+    let mut builder = PackBuilder::new(pack_target + (4 << 20));
+
+    for item in sealed_rx {
+        reorder.insert(item.seq(), item);
+        while let Some(item) = reorder.remove(&next) {
+            next += 1;
+            // Confirmed packs' chunks are in the index now: forget them here.
+            for p in confirm_rx.try_iter() {
+                for id in ids_of_pack.remove(&p).unwrap_or_default() {
+                    inflight.remove(&id);
+                }
+            }
+            match item {
+                Sealed::Chunk { token, id, raw_len, sealed, .. } => {
+                    let acc = files.entry(token).or_insert(FileAcc { chunks: Vec::new(), need_pack: 0 });
+                    acc.chunks.push(id);
+                    match sealed {
+                        None => {}
+                        Some(_) if inflight.contains_key(&id) => {
+                            acc.need_pack = acc.need_pack.max(inflight[&id]);
+                        }
+                        // The sealer may have looked before a confirmation landed.
+                        Some(_) if index.contains(&id)? => {}
+                        Some(blob) => {
+                            builder.add(id, KIND_DATA, raw_len, &blob);
+                            inflight.insert(id, pack_seq);
+                            ids_of_pack.entry(pack_seq).or_default().push(id);
+                            acc.need_pack = pack_seq;
+                            if builder.len() >= pack_target {
+                                let full = std::mem::replace(&mut builder, PackBuilder::new(pack_target + (4 << 20)));
+                                if pack_tx.send(PackJob { seq: pack_seq, pack: full.finish(&repo.sealer) }).is_err() {
+                                    return Ok(());
+                                }
+                                pack_seq += 1;
+                            }
+                        }
+                    }
+                }
+                Sealed::End { token, path, outcome, .. } => {
+                    let acc = files.remove(&token).unwrap_or(FileAcc { chunks: Vec::new(), need_pack: 0 });
+                    let msg = match outcome {
+                        Ok((size, hash)) => ToCommitter::FileReady {
+                            path,
+                            chunks: acc.chunks,
+                            need_pack: acc.need_pack,
+                            size,
+                            hash,
+                            at: now(),
+                        },
+                        Err(error) => ToCommitter::FileFailed { path, error },
+                    };
+                    if commit_tx.send(msg).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    if !builder.is_empty() {
+        let _ = pack_tx.send(PackJob { seq: pack_seq, pack: builder.finish(&repo.sealer) });
+    }
+    Ok(())
+}
+
+fn run_committer(
+    catalog: &mut Catalog,
+    index: &mut ChunkIndex,
+    cs: i64,
+    commit_rx: Receiver<ToCommitter>,
+    confirm_tx: &Sender<u64>,
+    report: &mut UploadReport,
+    abort: &AtomicBool,
+) -> Result<()> {
+    let mut watermark = 0u64;
+    let mut confirmed: BTreeSet<u64> = BTreeSet::new();
+    // Files waiting for packs, by the pack they need.
+    let mut waiting: BTreeMap<u64, Vec<StoredFile>> = BTreeMap::new();
+    let mut batch: Vec<StoredFile> = Vec::new();
+    let mut last_flush = Instant::now();
+    let mut failure: Option<String> = None;
+
+    let flush = |catalog: &mut Catalog, batch: &mut Vec<StoredFile>, report: &mut UploadReport| -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        catalog.mark_stored(cs, batch, now())?;
+        report.files_stored += batch.len() as u64;
+        batch.clear();
+        fault::hit("files-committed");
+        Ok(())
+    };
+
+    for msg in commit_rx {
+        match msg {
+            ToCommitter::FileReady { path, chunks, need_pack, size, hash, at } => {
+                report.bytes_read += size;
+                let f = StoredFile { path, chunks, file_hash: hash, size, uploaded_at: at };
+                if need_pack <= watermark {
+                    batch.push(f);
+                } else {
+                    waiting.entry(need_pack).or_default().push(f);
+                }
+            }
+            ToCommitter::FileFailed { path, error } => {
+                log::warn!("cannot back up {}: {error}", display_path(&path));
+                catalog.mark_failed(cs, &path, &error)?;
+                report.failed.push((path, error));
+            }
+            ToCommitter::Confirmed { seq, job } => {
+                index.add_pack(&job.pack.id, job.pack.bytes.len() as u64, &job.pack.entries, now())?;
+                catalog.add_uploaded(cs, job.pack.bytes.len() as u64)?;
+                report.bytes_uploaded += job.pack.bytes.len() as u64;
+                report.packs += 1;
+                confirmed.insert(seq);
+                while confirmed.remove(&(watermark + 1)) {
+                    watermark += 1;
+                }
+                let still_waiting = waiting.split_off(&(watermark + 1));
+                for (_, files) in std::mem::replace(&mut waiting, still_waiting) {
+                    batch.extend(files);
+                }
+                let _ = confirm_tx.send(seq);
+                fault::hit("pack-indexed");
+            }
+            ToCommitter::UploadFailed { error } | ToCommitter::Fatal { error } => {
+                abort.store(true, Ordering::Relaxed);
+                failure.get_or_insert(error);
+            }
+        }
+        if batch.len() >= 2000 || last_flush.elapsed() > Duration::from_secs(2) {
+            flush(catalog, &mut batch, report)?;
+            last_flush = Instant::now();
+        }
+    }
+    flush(catalog, &mut batch, report)?;
+    if let Some(e) = failure {
+        bail!("{e}");
+    }
+    if !waiting.is_empty() {
+        bail!(
+            "internal error: {} files wait for packs that were never confirmed",
+            waiting.values().map(Vec::len).sum::<usize>()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    n2s_agent::cli::main()
+}

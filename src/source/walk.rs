@@ -1,0 +1,345 @@
+//! The walk source: for any file system. It walks a directory and compares
+//! every entry with the last backed-up state (size, mtime, ctime, mode,
+//! owner, xattrs, symlink target, link count), directory by directory, so
+//! memory follows the widest directory, not the tree.
+//!
+//! Inode numbers are recorded to group hardlinks, and an inode change marks
+//! a file as replaced, but they are never an identity across runs.
+
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::fsx::Dir;
+use crate::model::{ChangeKind, FileType, Metadata, join_path, split_path};
+
+pub struct WalkSource {
+    path: PathBuf,
+    /// Label of this run (the "snapshot name").
+    label: String,
+}
+
+impl WalkSource {
+    pub fn new(path: &Path, label: String) -> WalkSource {
+        WalkSource { path: path.to_path_buf(), label }
+    }
+}
+
+/// How an entry changed, if it did.
+pub fn classify(prior: &Metadata, now: &Metadata) -> Option<ChangeKind> {
+    if prior.ftype != now.ftype {
+        return Some(ChangeKind::Modified);
+    }
+    let content_changed = match now.ftype {
+        FileType::File => prior.size != now.size || prior.mtime_ns != now.mtime_ns || prior.ino != now.ino,
+        FileType::Symlink => prior.symlink_target != now.symlink_target,
+        FileType::CharDev | FileType::BlockDev => prior.rdev != now.rdev,
+        _ => false,
+    };
+    if content_changed {
+        return Some(ChangeKind::Modified);
+    }
+    let meta_changed = prior.mode != now.mode
+        || prior.uid != now.uid
+        || prior.gid != now.gid
+        || prior.mtime_ns != now.mtime_ns
+        || prior.ctime_ns != now.ctime_ns
+        || prior.nlink != now.nlink
+        || prior.xattrs != now.xattrs;
+    meta_changed.then_some(ChangeKind::Metadata)
+}
+
+struct Walker<'a> {
+    prior: &'a dyn PriorState,
+    emit: &'a mut dyn FnMut(Change) -> Result<()>,
+    unreadable: Vec<Unreadable>,
+}
+
+impl Walker<'_> {
+    fn removed_tree(&mut self, p: PriorEntry) -> Result<()> {
+        let is_dir = p.meta.ftype == FileType::Dir;
+        let path = p.path.clone();
+        (self.emit)(Change { path: p.path, kind: ChangeKind::Removed, meta: None })?;
+        if is_dir {
+            let emit = &mut *self.emit;
+            self.prior
+                .for_each_below(&path, &mut |e| emit(Change { path: e.path, kind: ChangeKind::Removed, meta: None }))?;
+        }
+        Ok(())
+    }
+
+    fn walk(&mut self, root: Dir) -> Result<()> {
+        let mut stack: Vec<(Dir, RelPath)> = vec![(root, Vec::new())];
+        while let Some((dir, path)) = stack.pop() {
+            let names = match dir.entry_names() {
+                Ok(n) => n,
+                Err(e) => {
+                    // Keep the prior state of what lies below: we cannot see it.
+                    self.unreadable.push(Unreadable { path: path.clone(), error: format!("cannot list: {e}") });
+                    continue;
+                }
+            };
+            let prior_kids = self.prior.children(&path)?;
+            let mut prior_by_name: BTreeMap<Vec<u8>, PriorEntry> =
+                prior_kids.into_iter().map(|e| (split_path(&e.path).1.to_vec(), e)).collect();
+            let mut subdirs = Vec::new();
+            for name in names {
+                let child = join_path(&path, &name);
+                let prior = prior_by_name.remove(&name);
+                let meta = match dir.metadata_of(&name) {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        // Vanished between listing and stat: it is gone.
+                        if let Some(p) = prior {
+                            self.removed_tree(p)?;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        self.unreadable.push(Unreadable { path: child, error: format!("cannot stat: {e}") });
+                        continue;
+                    }
+                };
+                let kind = match &prior {
+                    None => Some(ChangeKind::Added),
+                    Some(p) => classify(&p.meta, &meta),
+                };
+                if let Some(p) = prior
+                    && p.meta.ftype == FileType::Dir
+                    && meta.ftype != FileType::Dir
+                {
+                    // A directory replaced by something else: its subtree is gone.
+                    let emit = &mut *self.emit;
+                    self.prior.for_each_below(&p.path, &mut |e| {
+                        emit(Change { path: e.path, kind: ChangeKind::Removed, meta: None })
+                    })?;
+                }
+                let is_dir = meta.ftype == FileType::Dir;
+                if let Some(kind) = kind {
+                    (self.emit)(Change { path: child.clone(), kind, meta: Some(meta) })?;
+                }
+                if is_dir {
+                    subdirs.push((name, child));
+                }
+            }
+            for (_, p) in prior_by_name {
+                self.removed_tree(p)?;
+            }
+            // Reverse so the stack pops directories in name order.
+            for (name, child) in subdirs.into_iter().rev() {
+                match dir.open_subdir(&name) {
+                    Ok(d) => stack.push((d, child)),
+                    Err(e) => self.unreadable.push(Unreadable { path: child, error: format!("cannot open: {e}") }),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ChangeSource for WalkSource {
+    fn kind(&self) -> &'static str {
+        "walk"
+    }
+
+    fn new_snapshots(&mut self, _last: Option<(&str, &BTreeMap<String, String>)>) -> Result<Vec<SnapshotRef>> {
+        // A walk has one "snapshot" per run: the directory as it is now.
+        Ok(vec![self.snapshot_ref(&self.label)])
+    }
+
+    fn find_snapshot(&mut self, name: &str, _identity: &BTreeMap<String, String>) -> Result<SnapshotRef> {
+        Ok(self.snapshot_ref(name))
+    }
+
+    fn changes(
+        &mut self,
+        prior: &dyn PriorState,
+        snap: &SnapshotRef,
+        emit: &mut dyn FnMut(Change) -> Result<()>,
+    ) -> Result<ChangeReport> {
+        crate::fsx::raise_fd_limit();
+        let root =
+            Dir::open(&snap.root).with_context(|| format!("cannot open {}: check --path", snap.root.display()))?;
+        let root_meta = root.metadata_self().with_context(|| format!("cannot stat {}", snap.root.display()))?;
+        let kind = match prior.entry(b"")? {
+            None => Some(ChangeKind::Added),
+            Some(p) => classify(&p.meta, &root_meta),
+        };
+        if let Some(kind) = kind {
+            emit(Change { path: Vec::new(), kind, meta: Some(root_meta) })?;
+        }
+        let mut w = Walker { prior, emit, unreadable: Vec::new() };
+        w.walk(root)?;
+        Ok(ChangeReport { method: "walk".into(), unreadable: w.unreadable })
+    }
+
+    fn reader(&self, snap: &SnapshotRef) -> Result<Box<dyn SnapshotReader>> {
+        let root = Dir::open(&snap.root).with_context(|| format!("cannot open {}", snap.root.display()))?;
+        Ok(Box::new(DirReader { root, cached: None }))
+    }
+}
+
+impl WalkSource {
+    fn snapshot_ref(&self, name: &str) -> SnapshotRef {
+        let mut identity = BTreeMap::new();
+        identity.insert("label".to_string(), name.to_string());
+        SnapshotRef { name: name.to_string(), identity, root: self.path.clone() }
+    }
+}
+
+/// Opens files beneath a root directory handle. Files arrive in path order,
+/// so the last parent directory handle is kept.
+pub struct DirReader {
+    root: Dir,
+    cached: Option<(RelPath, Dir)>,
+}
+
+impl DirReader {
+    pub fn new(root: Dir) -> DirReader {
+        DirReader { root, cached: None }
+    }
+}
+
+impl SnapshotReader for DirReader {
+    fn open(&mut self, path: &[u8]) -> std::io::Result<File> {
+        let (parent, name) = split_path(path);
+        if self.cached.as_ref().map(|(p, _)| p.as_slice()) != Some(parent) {
+            let d = self.root.open_beneath(parent)?;
+            self.cached = Some((parent.to_vec(), d));
+        }
+        let (_, dir) = self.cached.as_ref().expect("cached just above");
+        dir.open_file(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::os::unix::fs::symlink;
+
+    /// A prior state held in memory, for testing the walk alone.
+    #[derive(Default)]
+    struct MemPrior(BTreeMap<Vec<u8>, Metadata>);
+
+    impl PriorState for MemPrior {
+        fn entry(&self, path: &[u8]) -> Result<Option<PriorEntry>> {
+            Ok(self.0.get(path).map(|m| PriorEntry { path: path.to_vec(), meta: m.clone() }))
+        }
+        fn children(&self, dir: &[u8]) -> Result<Vec<PriorEntry>> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|(p, _)| !p.is_empty() && split_path(p).0 == dir)
+                .map(|(p, m)| PriorEntry { path: p.clone(), meta: m.clone() })
+                .collect())
+        }
+        fn for_each_below(&self, dir: &[u8], f: &mut dyn FnMut(PriorEntry) -> Result<()>) -> Result<()> {
+            let mut pre = dir.to_vec();
+            pre.push(b'/');
+            for (p, m) in &self.0 {
+                if p.starts_with(&pre) {
+                    f(PriorEntry { path: p.clone(), meta: m.clone() })?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn run(root: &Path, prior: &MemPrior) -> HashMap<Vec<u8>, (ChangeKind, Option<Metadata>)> {
+        let mut src = WalkSource::new(root, "t".into());
+        let snap = src.new_snapshots(None).unwrap().remove(0);
+        let mut out = HashMap::new();
+        src.changes(prior, &snap, &mut |c| {
+            assert!(out.insert(c.path.clone(), (c.kind, c.meta)).is_none(), "path emitted twice");
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    fn apply(prior: &mut MemPrior, changes: &HashMap<Vec<u8>, (ChangeKind, Option<Metadata>)>) {
+        for (p, (k, m)) in changes {
+            if *k == ChangeKind::Removed {
+                prior.0.remove(p);
+            } else {
+                prior.0.insert(p.clone(), m.clone().unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn first_walk_adds_everything_second_sees_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
+        std::fs::write(d.path().join("a/b/f"), b"x").unwrap();
+        std::fs::write(d.path().join("g"), b"").unwrap();
+        symlink("nowhere", d.path().join("dangling")).unwrap();
+        let mut prior = MemPrior::default();
+        let c = run(d.path(), &prior);
+        let mut paths: Vec<_> = c.keys().cloned().collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            vec![b"".to_vec(), b"a".to_vec(), b"a/b".to_vec(), b"a/b/f".to_vec(), b"dangling".to_vec(), b"g".to_vec()]
+        );
+        assert!(c.values().all(|(k, _)| *k == ChangeKind::Added));
+        apply(&mut prior, &c);
+        assert!(run(d.path(), &prior).is_empty());
+    }
+
+    #[test]
+    fn modifications_removals_and_type_changes() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("dir/sub")).unwrap();
+        std::fs::write(d.path().join("dir/sub/deep"), b"1").unwrap();
+        std::fs::write(d.path().join("f"), b"1").unwrap();
+        std::fs::write(d.path().join("m"), b"1").unwrap();
+        std::fs::write(d.path().join("x"), b"1").unwrap();
+        let mut prior = MemPrior::default();
+        let first = run(d.path(), &prior);
+        apply(&mut prior, &first);
+
+        std::fs::write(d.path().join("f"), b"22").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.path().join("m"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::remove_dir_all(d.path().join("dir")).unwrap();
+        std::fs::write(d.path().join("dir"), b"now a file").unwrap();
+        std::fs::remove_file(d.path().join("x")).unwrap();
+        let c = run(d.path(), &prior);
+        assert_eq!(c[&b"f".to_vec()].0, ChangeKind::Modified);
+        assert_eq!(c[&b"m".to_vec()].0, ChangeKind::Metadata);
+        assert_eq!(c[&b"x".to_vec()].0, ChangeKind::Removed);
+        assert_eq!(c[&b"dir".to_vec()].0, ChangeKind::Modified);
+        assert_eq!(c[&b"dir/sub".to_vec()].0, ChangeKind::Removed);
+        assert_eq!(c[&b"dir/sub/deep".to_vec()].0, ChangeKind::Removed);
+        apply(&mut prior, &c);
+        assert!(run(d.path(), &prior).is_empty());
+    }
+
+    #[test]
+    fn reader_opens_files_and_refuses_fifos() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("a")).unwrap();
+        std::fs::write(d.path().join("a/f"), b"content").unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            d.path().join("a/p"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let src = WalkSource::new(d.path(), "t".into());
+        let snap = src.snapshot_ref("t");
+        let mut r = src.reader(&snap).unwrap();
+        let mut s = String::new();
+        use std::io::Read;
+        r.open(b"a/f").unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "content");
+        assert!(r.open(b"a/p").is_err());
+        assert!(r.open(b"../etc/passwd").is_err());
+    }
+}

@@ -1,0 +1,62 @@
+//! Small helpers with no better home.
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// A UTC timestamp `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch.
+pub fn utc_timestamp(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), valid for all i64 days we meet.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Test-only crash points: `N2S_FAULT=name:n` kills the process with
+/// SIGKILL the n-th time `name` is reached, so crash-safety tests kill the
+/// real binary at exact points. Unset, it costs one atomic load.
+pub mod fault {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+
+    pub fn hit(name: &str) {
+        let spec = SPEC.get_or_init(|| {
+            let v = std::env::var("N2S_FAULT").ok()?;
+            let (n, count) = v.split_once(':').unwrap_or((&v, "1"));
+            Some((n.to_string(), count.parse().unwrap_or(1)))
+        });
+        if let Some((n, count)) = spec
+            && n == name
+            && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *count
+        {
+            // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps() {
+        assert_eq!(super::utc_timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc_timestamp(1_795_000_000), "2026-11-18T11:06:40Z");
+        assert_eq!(super::utc_timestamp(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
