@@ -60,7 +60,9 @@ impl FileConfig {
             }
         };
         let cfg: FileConfig = toml::from_str(&text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            let line = e
+                .span()
+                .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1);
             let msg = e.message().replace('\n', " ");
             match line {
                 Some(l) => anyhow::anyhow!("config file {} line {l}: {msg}", path.display()),
