@@ -59,20 +59,26 @@ impl FileConfig {
                 });
             }
         };
-        let cfg: FileConfig = toml::from_str(&text).map_err(|e| {
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse config text; `origin` names it in errors. Every error is one
+    /// line that says where and what.
+    pub fn parse(text: &str, origin: &str) -> Result<FileConfig> {
+        let cfg: FileConfig = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
                 .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1);
             let msg = e.message().replace('\n', " ");
             match line {
-                Some(l) => anyhow::anyhow!("config file {} line {l}: {msg}", path.display()),
-                None => anyhow::anyhow!("config file {}: {msg}", path.display()),
+                Some(l) => anyhow::anyhow!("config file {origin} line {l}: {msg}"),
+                None => anyhow::anyhow!("config file {origin}: {msg}"),
             }
         })?;
         let mut seen = std::collections::HashSet::new();
         for d in &cfg.dataset {
             if !seen.insert(&d.name) {
-                anyhow::bail!("config file {}: dataset {:?} is defined twice", path.display(), d.name);
+                anyhow::bail!("config file {origin}: dataset {:?} is defined twice", d.name);
             }
         }
         Ok(cfg)
