@@ -246,12 +246,7 @@ fn restore_file(
             let loc = lookup(repo, index, index_synced, id)?;
             let data = repo.read_chunk(id, &loc)?;
             hasher.update(&data);
-            if data.iter().all(|&b| b == 0) {
-                // Leave a hole: sparse files stay sparse.
-                file.seek(SeekFrom::Current(data.len() as i64))?;
-            } else {
-                file.write_all(&data)?;
-            }
+            write_sparse(&mut file, &data)?;
             pos += data.len() as u64;
         }
         file.set_len(pos)?;
@@ -271,6 +266,33 @@ fn restore_file(
             Err(e)
         }
     }
+}
+
+/// Write `data` at the current position, seeking over all-zero 4 KiB
+/// blocks instead of writing them, so sparse files stay sparse.
+fn write_sparse(file: &mut std::fs::File, data: &[u8]) -> std::io::Result<()> {
+    const BLOCK: usize = 4096;
+    let mut start = 0;
+    while start < data.len() {
+        let end = (start + BLOCK).min(data.len());
+        let zero = data[start..end].iter().all(|&b| b == 0);
+        // Extend the run while blocks keep the same kind.
+        let mut run_end = end;
+        while run_end < data.len() {
+            let next = (run_end + BLOCK).min(data.len());
+            if data[run_end..next].iter().all(|&b| b == 0) != zero {
+                break;
+            }
+            run_end = next;
+        }
+        if zero {
+            file.seek(SeekFrom::Current((run_end - start) as i64))?;
+        } else {
+            file.write_all(&data[start..run_end])?;
+        }
+        start = run_end;
+    }
+    Ok(())
 }
 
 /// Where a chunk lives; on a miss, learn the packs on the backend once

@@ -1,0 +1,303 @@
+//! Shared helpers for the integration tests: a private repository and state
+//! directory per test, a way to run the real binary, and a tree comparer.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use n2s_agent::fsx::Dir;
+use n2s_agent::model::{FileType, display_path, join_path};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_n2s-agent");
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub key: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new().prefix("n2s-it-").tempdir_in(scratch_root()).expect("tempdir");
+        let repo = dir.path().join("repo");
+        let key = dir.path().join("key");
+        let state = dir.path().join("state");
+        std::fs::write(dir.path().join("empty.toml"), "").expect("empty config");
+        Env { dir, repo, key, state }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// The command with this test's repository, key and state directory.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("N2S_REPO", &self.repo)
+            .env("N2S_KEY_FILE", &self.key)
+            .env("N2S_STATE_DIR", &self.state)
+            // An empty config of our own: never the machine's /etc/n2s/agent.toml.
+            .env("N2S_CONFIG", self.dir.path().join("empty.toml"));
+        c
+    }
+
+    pub fn run<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.cmd().args(args).output().expect("run n2s-agent")
+    }
+
+    /// Run and insist on success.
+    pub fn ok<I, S>(&self, args: I) -> String
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+        let out = self.run(&args);
+        assert!(
+            out.status.success(),
+            "n2s-agent {:?} failed with {:?}\nstdout: {}\nstderr: {}",
+            args,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn init(&self) {
+        self.ok(["init"]);
+    }
+
+    pub fn backup(&self, dataset: &str, path: &Path, label: &str) -> String {
+        self.ok([
+            OsStr::new("backup"),
+            OsStr::new("--dataset"),
+            OsStr::new(dataset),
+            OsStr::new("--source"),
+            OsStr::new("walk"),
+            OsStr::new("--path"),
+            path.as_os_str(),
+            OsStr::new("--snapshot"),
+            OsStr::new(label),
+        ])
+    }
+
+    pub fn restore(&self, dataset: &str, label: &str, target: &Path) -> String {
+        self.ok([
+            OsStr::new("restore"),
+            OsStr::new(label),
+            OsStr::new("--dataset"),
+            OsStr::new(dataset),
+            OsStr::new("--target"),
+            target.as_os_str(),
+        ])
+    }
+
+    pub fn list_json(&self, dataset: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(["list", "--json", "--dataset", dataset])).expect("list --json")
+    }
+
+    /// Sum of the sizes of all pack objects.
+    pub fn pack_bytes(&self) -> u64 {
+        files_under(&self.repo.join("data")).iter().map(|p| p.metadata().map(|m| m.len()).unwrap_or(0)).sum()
+    }
+}
+
+/// Where test trees live: a real disk file system (xattrs, sparse files).
+pub fn scratch_root() -> PathBuf {
+    let p = PathBuf::from(std::env::var("N2S_TEST_TMP").unwrap_or_else(|_| "/var/tmp".into()));
+    std::fs::create_dir_all(&p).expect("scratch root");
+    p
+}
+
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// What we compare of one entry.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub ftype: FileType,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_ns: Option<i64>,
+    pub target: Option<Vec<u8>>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub content: Option<[u8; 32]>,
+    pub rdev: u64,
+    /// Other paths of the same inode (hardlinks), sorted.
+    pub links: Vec<Vec<u8>>,
+}
+
+/// Describe a tree: every entry below `root` (the root's own mtime too).
+pub fn describe(root: &Path) -> BTreeMap<Vec<u8>, Seen> {
+    let mut out = BTreeMap::new();
+    let mut by_ino: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
+    let root_dir = Dir::open(root).expect("open tree root");
+    let m = root_dir.metadata_self().expect("stat root");
+    out.insert(
+        Vec::new(),
+        Seen {
+            ftype: m.ftype,
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
+            size: 0,
+            mtime_ns: Some(m.mtime_ns),
+            target: None,
+            xattrs: m.xattrs,
+            content: None,
+            rdev: 0,
+            links: vec![],
+        },
+    );
+    let mut stack = vec![(root_dir, Vec::new())];
+    while let Some((dir, path)) = stack.pop() {
+        for name in dir.entry_names().expect("list") {
+            let p = join_path(&path, &name);
+            let m = dir.metadata_of(&name).expect("stat");
+            let content = (m.ftype == FileType::File).then(|| {
+                let mut f = dir.open_file(&name).expect("open");
+                let mut h = blake3::Hasher::new();
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = f.read(&mut buf).expect("read");
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+                *h.finalize().as_bytes()
+            });
+            if m.ftype == FileType::File && m.nlink > 1 {
+                by_ino.entry(m.ino).or_default().push(p.clone());
+            }
+            if m.ftype == FileType::Dir {
+                stack.push((dir.open_subdir(&name).expect("open subdir"), p.clone()));
+            }
+            out.insert(
+                p,
+                Seen {
+                    ftype: m.ftype,
+                    mode: m.mode,
+                    uid: m.uid,
+                    gid: m.gid,
+                    size: if m.ftype == FileType::Dir { 0 } else { m.size },
+                    // Symlink mtimes are restored too; directory mtimes as well.
+                    mtime_ns: Some(m.mtime_ns),
+                    target: m.symlink_target,
+                    xattrs: m.xattrs,
+                    content,
+                    rdev: m.rdev,
+                    links: vec![],
+                },
+            );
+        }
+    }
+    for paths in by_ino.values() {
+        for p in paths {
+            let mut others: Vec<Vec<u8>> = paths.iter().filter(|o| *o != p).cloned().collect();
+            others.sort();
+            if let Some(s) = out.get_mut(p) {
+                s.links = others;
+            }
+        }
+    }
+    out
+}
+
+/// Assert two trees are identical, naming the first differences.
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    let a = describe(expected);
+    let b = describe(actual);
+    let mut problems = Vec::new();
+    for (p, s) in &a {
+        match b.get(p) {
+            None => problems.push(format!("missing: /{}", display_path(p))),
+            Some(t) if t != s => problems.push(format!("differs: /{}\n  want {s:?}\n  got  {t:?}", display_path(p))),
+            _ => {}
+        }
+    }
+    for p in b.keys() {
+        if !a.contains_key(p) {
+            problems.push(format!("unexpected: /{}", display_path(p)));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} vs {}: {} differences:\n{}",
+        expected.display(),
+        actual.display(),
+        problems.len(),
+        problems.iter().take(15).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Copy a tree exactly (content, modes, owners, times, xattrs, links) with cp -a.
+pub fn copy_tree(from: &Path, to: &Path) {
+    let st = Command::new("cp").arg("-a").arg("--").arg(from).arg(to).status().expect("cp");
+    assert!(st.success(), "cp -a {} {} failed", from.display(), to.display());
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A small deterministic pseudo-random generator (tests print their seeds).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| (self.next() >> 32) as u8).collect()
+    }
+}
+
+pub fn seed_from_env_or_time() -> u64 {
+    std::env::var("N2S_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1
+    })
+}
+
+pub fn os(b: &[u8]) -> &OsStr {
+    OsStr::from_bytes(b)
+}
