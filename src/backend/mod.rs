@@ -14,7 +14,10 @@ pub mod memory;
 pub enum BackendError {
     /// The key does not exist.
     NotFound(String),
-    /// Anything else, with what failed and why.
+    /// A failure that may pass (timeouts, throttling, dropped connections):
+    /// worth a retry with backoff.
+    Transient(anyhow::Error),
+    /// A failure a retry will not fix (no space, no permission, bad key).
     Other(anyhow::Error),
 }
 
@@ -22,7 +25,7 @@ impl fmt::Display for BackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BackendError::NotFound(k) => write!(f, "object {k} not found"),
-            BackendError::Other(e) => write!(f, "{e:#}"),
+            BackendError::Transient(e) | BackendError::Other(e) => write!(f, "{e:#}"),
         }
     }
 }

@@ -94,6 +94,10 @@ pub fn backup_dataset(
         last.as_ref().map(|c| serde_json::from_str(&c.identity).unwrap_or_default());
     let snapshots = source.new_snapshots(last.as_ref().map(|c| c.snapshot.as_str()).zip(last_identity.as_ref()))?;
     for snap in snapshots {
+        // The same run started again after a crash: resuming finished it.
+        if done.iter().any(|d: &ChangesetSummary| d.snapshot == snap.name) {
+            continue;
+        }
         if catalog.changeset_by_snapshot(&snap.name)?.is_some() {
             bail!(
                 "snapshot {:?} of dataset {dataset} is already backed up: give this run another --snapshot label",

@@ -285,8 +285,7 @@ fn put_with_retry(repo: &Repository, pack: &FinishedPack) -> Result<()> {
     for attempt in 1..=4 {
         match repo.backend.put_if_absent(&key, &pack.bytes) {
             Ok(_) => return Ok(()),
-            Err(BackendError::NotFound(k)) => bail!("backend reported {k} missing while storing it"),
-            Err(e) if attempt < 4 => {
+            Err(BackendError::Transient(e)) if attempt < 4 => {
                 log::warn!("storing pack {key} failed (attempt {attempt}): {e}; retrying in {delay:?}");
                 std::thread::sleep(delay);
                 delay *= 2;

@@ -1,0 +1,260 @@
+//! Bad input: one line on stderr naming the problem and the fix, exit 1
+//! (2 for bad usage), never a panic, and nothing written or lost.
+
+mod common;
+use common::*;
+
+use std::os::unix::fs::PermissionsExt;
+
+fn assert_one_line_error(out: &std::process::Output, code: i32, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    let lines: Vec<_> = err.lines().filter(|l| l.starts_with("n2s-agent: error:")).collect();
+    assert_eq!(lines.len(), 1, "want exactly one error line, got:\n{err}");
+    assert!(lines[0].contains(needle), "error line lacks {needle:?}: {}", lines[0]);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn small_tree(env: &Env) -> std::path::PathBuf {
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"data").unwrap();
+    src
+}
+
+#[test]
+fn a_wrong_key_is_refused_before_anything_is_written() {
+    let env = Env::new();
+    let src = small_tree(&env);
+    env.init();
+    env.backup("d", &src, "one");
+    let before = files_under(&env.repo);
+    let other_key = env.path("other.key");
+    n2s_agent::core::keys::MasterKey::generate().unwrap().save_new(&other_key).unwrap();
+    let out = env
+        .cmd()
+        .env("N2S_KEY_FILE", &other_key)
+        .args(["backup", "--dataset", "d", "--source", "walk", "--path"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, 1, "does not open the repository");
+    assert_eq!(files_under(&env.repo), before, "the repository changed");
+}
+
+#[test]
+fn a_key_file_readable_by_others_is_refused() {
+    let env = Env::new();
+    env.init();
+    assert_eq!(std::fs::metadata(&env.key).unwrap().permissions().mode() & 0o777, 0o600);
+    std::fs::set_permissions(&env.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_one_line_error(&env.run(["list"]), 1, "chmod 600");
+}
+
+#[test]
+fn init_refuses_to_overwrite_a_repository() {
+    let env = Env::new();
+    env.init();
+    let config = std::fs::read(env.repo.join("config")).unwrap();
+    assert_one_line_error(&env.run(["init"]), 1, "already exists");
+    assert_eq!(std::fs::read(env.repo.join("config")).unwrap(), config);
+}
+
+#[test]
+fn a_missing_repository_says_to_init() {
+    let env = Env::new();
+    n2s_agent::core::keys::MasterKey::generate().unwrap().save_new(&env.key).unwrap();
+    assert_one_line_error(&env.run(["list"]), 1, "n2s-agent init");
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let env = Env::new();
+    let out = std::process::Command::new(BIN)
+        .env_clear()
+        .args(["list"])
+        .env("N2S_CONFIG", env.path("none.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a named config that is missing is an error: {}", stderr(&out));
+    std::fs::write(env.path("empty.toml"), "").unwrap();
+    let out = std::process::Command::new(BIN)
+        .env_clear()
+        .args(["list"])
+        .env("N2S_CONFIG", env.path("empty.toml"))
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, 2, "--repo");
+    assert_eq!(env.run(["frobnicate"]).status.code(), Some(2));
+    assert_eq!(env.run(["backup", "--no-such-flag"]).status.code(), Some(2));
+    env.init();
+    assert_one_line_error(&env.run(["backup"]), 2, "--dataset");
+    assert_one_line_error(&env.run(["backup", "--dataset", "x"]), 2, "--source");
+    assert_one_line_error(&env.run(["backup", "--dataset", "x", "--source", "walk"]), 2, "--path");
+}
+
+#[test]
+fn a_malformed_config_names_the_line() {
+    let env = Env::new();
+    let cfg = env.path("agent.toml");
+    std::fs::write(
+        &cfg,
+        "repo = \"/x\"\nkey_file = \"/k\"\n\n[[dataset]]\nname = \"a\"\nsource = \"walk\"\npaht = \"/srv\"\n",
+    )
+    .unwrap();
+    let out = env.cmd().env("N2S_CONFIG", &cfg).arg("list").output().unwrap();
+    assert_one_line_error(&out, 1, "line 7");
+    assert!(stderr(&out).contains("paht"));
+}
+
+#[test]
+fn a_missing_snapshot_or_dataset_is_named() {
+    let env = Env::new();
+    let src = small_tree(&env);
+    env.init();
+    env.backup("d", &src, "one");
+    let t = env.path("t");
+    let out = env.run([
+        "restore".as_ref(),
+        "nope".as_ref(),
+        "--dataset".as_ref(),
+        "d".as_ref(),
+        "--target".as_ref(),
+        t.as_os_str(),
+    ]);
+    assert_one_line_error(&out, 1, "no backed-up snapshot \"nope\"");
+    assert_one_line_error(&env.run(["ls", "one", "--dataset", "other"]), 2, "no catalog for dataset \"other\"");
+    let out = env.run(["backup", "--dataset", "d", "--source", "walk", "--path", "/nonexistent/dir"]);
+    assert_one_line_error(&out, 1, "not a directory");
+    // The same label twice is refused, not silently merged.
+    let out = env.run([
+        "backup".as_ref(),
+        "--dataset".as_ref(),
+        "d".as_ref(),
+        "--source".as_ref(),
+        "walk".as_ref(),
+        "--path".as_ref(),
+        src.as_os_str(),
+        "--snapshot".as_ref(),
+        "one".as_ref(),
+    ]);
+    assert_one_line_error(&out, 1, "already backed up");
+}
+
+#[test]
+fn unsupported_backends_say_so() {
+    let env = Env::new();
+    let out = env.cmd().env("N2S_REPO", "s3://bucket/prefix").arg("init").output().unwrap();
+    assert_one_line_error(&out, 1, "not built");
+    let out = env.cmd().env("N2S_REPO", "relative/path").arg("init").output().unwrap();
+    assert_one_line_error(&out, 1, "absolute");
+}
+
+#[test]
+fn the_key_never_reaches_output_or_logs() {
+    let env = Env::new();
+    let src = small_tree(&env);
+    env.init();
+    let key_text = std::fs::read_to_string(&env.key).unwrap();
+    let key_hex =
+        key_text.lines().find(|l| l.starts_with("n2s-key-v1")).unwrap().split_whitespace().nth(1).unwrap().to_string();
+    let mut all = String::new();
+    for args in [
+        vec!["-vv", "backup", "--dataset", "d", "--source", "walk", "--path", src.to_str().unwrap()],
+        vec!["-vv", "list"],
+        vec!["status", "--json"],
+        vec!["verify", "--json"],
+    ] {
+        let out = env.run(&args);
+        all.push_str(&String::from_utf8_lossy(&out.stdout));
+        all.push_str(&stderr(&out));
+    }
+    assert!(!all.contains(&key_hex), "the key appeared in output");
+    // Nor in the repository, nor the catalogs.
+    for f in files_under(&env.repo).into_iter().chain(files_under(&env.state)) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(!bytes.windows(key_hex.len()).any(|w| w == key_hex.as_bytes()), "key hex in {}", f.display());
+        let raw = hex::decode(&key_hex).unwrap();
+        assert!(!bytes.windows(32).any(|w| w == raw.as_slice()), "raw key in {}", f.display());
+    }
+}
+
+#[test]
+fn catalogs_and_state_are_private_and_the_backend_sees_no_names() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("secret-project-dir")).unwrap();
+    std::fs::write(src.join("secret-project-dir/payroll-2026.xlsx"), b"x".repeat(1000)).unwrap();
+    env.init();
+    env.backup("tank/home", &src, "one");
+    for f in files_under(&env.state) {
+        let mode = f.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", f.display());
+    }
+    for f in files_under(&env.repo) {
+        let name = f.to_string_lossy();
+        assert!(!name.contains("secret") && !name.contains("payroll") && !name.contains("home"), "{name}");
+        let bytes = std::fs::read(&f).unwrap();
+        for needle in [&b"payroll"[..], b"secret-project", b"tank/home"] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} reveals {:?}",
+                name,
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_full_repository_disk_fails_cleanly_and_the_next_run_resumes() {
+    if !is_root() {
+        assert!(std::env::var("CI").is_err(), "CI must run the tests as root: tmpfs mounts need it");
+        eprintln!("SKIPPED LOUDLY: not root, cannot mount a small tmpfs for the disk-full test");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut rng = Rng(3);
+    for i in 0..8 {
+        std::fs::write(src.join(format!("f{i}")), rng.bytes(1 << 20)).unwrap();
+    }
+    std::fs::create_dir_all(&env.repo).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "n2s-test"])
+        .arg(&env.repo)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs failed");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(env.repo.clone());
+    env.init();
+    let out = env
+        .cmd()
+        .env("N2S_PACK_SIZE_KB", "512")
+        .args(["backup", "--dataset", "d", "--source", "walk", "--path"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, 1, "full");
+    let st = std::process::Command::new("mount").args(["-o", "remount,size=64m"]).arg(&env.repo).status().unwrap();
+    assert!(st.success());
+    let out = env
+        .cmd()
+        .env("N2S_PACK_SIZE_KB", "512")
+        .args(["backup", "--dataset", "d", "--source", "walk", "--path"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resumed"));
+    let t = env.path("t");
+    env.restore("d", "#1", &t);
+    assert_same_tree(&src, &t);
+}
