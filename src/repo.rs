@@ -187,13 +187,24 @@ impl Repository {
         Ok(keys)
     }
 
+    /// Read a manifest header and check it is the one its key names: a
+    /// header moved to another key (another dataset, another number) is refused.
     pub fn read_manifest(&self, key: &str) -> Result<ManifestHeader> {
         let sealed = self.backend.get(key, None).map_err(backend_err)?;
-        ManifestHeader::open(&self.sealer, &sealed).with_context(|| format!("manifest {key} cannot be opened"))
+        let h =
+            ManifestHeader::open(&self.sealer, &sealed).with_context(|| format!("manifest {key} cannot be opened"))?;
+        let expected = ManifestHeader::object_key(&self.dataset_id(&h.dataset), h.seq, &h.changeset);
+        ensure!(expected == key, "manifest {key} is misplaced: its content says it is {expected}");
+        Ok(h)
     }
 
     pub fn read_segment(&self, key: &str) -> Result<Vec<Record>> {
         let sealed = self.backend.get(key, None).map_err(backend_err)?;
+        // Segments are named by their hash: a swapped segment is caught here.
+        ensure!(
+            manifest::segment_key(&sealed) == key,
+            "manifest segment {key} is corrupt: its content does not hash to its name"
+        );
         manifest::open_segment(&self.sealer, &sealed)
             .with_context(|| format!("manifest segment {key} cannot be opened"))
     }

@@ -112,11 +112,11 @@ fn every_file_type_survives_backup_and_restore() {
     env.restore("zoo", "one", &target);
     assert_same_tree(&src, &target);
     // The sparse file stayed sparse.
-    let blocks = rustix::fs::stat(&target.join("sparse")).unwrap().st_blocks;
+    let blocks = rustix::fs::stat(target.join("sparse")).unwrap().st_blocks;
     assert!(blocks < 1024, "sparse file restored with {blocks} blocks");
     // Hardlinks are links, not copies.
-    let a = rustix::fs::stat(&target.join("plain.txt")).unwrap();
-    let b = rustix::fs::stat(&target.join("dir/sub/hardlink2")).unwrap();
+    let a = rustix::fs::stat(target.join("plain.txt")).unwrap();
+    let b = rustix::fs::stat(target.join("dir/sub/hardlink2")).unwrap();
     assert_eq!(a.st_ino, b.st_ino);
     // A second run with no change records no change and reads nothing.
     let out = env.backup("zoo", &src, "two");

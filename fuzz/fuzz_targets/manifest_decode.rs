@@ -17,7 +17,7 @@ use n2s_agent::model::is_safe_rel_path;
 mod common;
 
 /// The header's associated data (private in core::manifest; keep in sync).
-const HEADER_AAD: &[u8] = b"n2s manifest";
+use n2s_agent::core::manifest::HEADER_AAD;
 
 fn check_record(r: &Record) {
     assert!(is_safe_rel_path(&r.path), "decoder accepted an unsafe path: {:?}", r.path);

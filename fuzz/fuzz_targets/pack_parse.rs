@@ -24,7 +24,7 @@ use n2s_agent::model::ChunkId;
 mod common;
 
 /// The index's associated data (private in core::pack; keep in sync).
-const INDEX_AAD: &[u8] = b"n2s pack index";
+use n2s_agent::core::pack::INDEX_AAD;
 const INDEX_VERSION: u8 = 1;
 
 /// What parse_pack/open_index promise about the entries they return.

@@ -13,7 +13,7 @@ use super::seal::Sealer;
 use crate::model::{ChangeKind, ChunkId, FileType, Metadata, RelPath, is_safe_rel_path};
 
 pub const MANIFEST_FORMAT: u32 = 1;
-const HEADER_AAD: &[u8] = b"n2s manifest";
+pub const HEADER_AAD: &[u8] = b"n2s manifest";
 const SEGMENT_AAD: &[u8] = b"n2s manifest segment";
 /// A segment is cut once its records pass this many bytes.
 pub const SEGMENT_TARGET: usize = 4 * 1024 * 1024;

@@ -19,7 +19,7 @@ pub const TRAILER_MAGIC: &[u8; 4] = b"N2SX";
 pub const TRAILER_LEN: usize = 8;
 const INDEX_VERSION: u8 = 1;
 const INDEX_ENTRY_LEN: usize = 32 + 1 + 8 + 4 + 4;
-const INDEX_AAD: &[u8] = b"n2s pack index";
+pub const INDEX_AAD: &[u8] = b"n2s pack index";
 const PACK_ALIGN: usize = 4096;
 /// No chunk is larger than this, whatever the chunker parameters: a bound on
 /// what a hostile index can make us allocate.

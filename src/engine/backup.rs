@@ -59,8 +59,14 @@ pub fn backup_dataset(
     source: &mut dyn ChangeSource,
     opts: &BackupOptions,
 ) -> Result<Vec<ChangesetSummary>> {
-    let _lock = DatasetLock::acquire(&state.lock(dataset), dataset)?;
     let catalog_path = state.catalog(dataset);
+    if !catalog_path.exists() && !repo.list_manifests(Some(&repo.dataset_id(dataset)))?.is_empty() {
+        // The state directory was lost but the repository has this dataset's
+        // history: continue it rather than start a second, clashing one.
+        log::info!("{dataset}: no local catalog but the repository has backups of it; rebuilding the catalog first");
+        super::rebuild::rebuild(repo, state, Some(dataset))?;
+    }
+    let _lock = DatasetLock::acquire(&state.lock(dataset), dataset)?;
     let mut catalog = Catalog::open(&catalog_path, dataset)?;
     let mut done = Vec::new();
 
@@ -351,7 +357,21 @@ fn write_manifest(
         bytes_uploaded: catalog.changeset(row.id)?.map_or(0, |c| c.bytes_uploaded),
         segments: w.segments,
     };
-    let key = ManifestHeader::object_key(&repo.dataset_id(catalog.dataset()), row.id as u64, &row.uid);
+    let dataset_id = repo.dataset_id(catalog.dataset());
+    let key = ManifestHeader::object_key(&dataset_id, row.id as u64, &row.uid);
+    // Another agent with its own state may have written this dataset's
+    // changeset of the same number: two histories must never interleave.
+    let same_seq = format!("manifests/{dataset_id}/{:010}-", row.id);
+    if let Some(other) =
+        repo.list_manifests(Some(&dataset_id))?.into_iter().find(|k| k.starts_with(&same_seq) && *k != key)
+    {
+        bail!(
+            "dataset {} already has a changeset {} in the repository ({other}) that this host did not write: \
+             two agents back up datasets of the same name; give each a distinct --dataset name, or run `catalog rebuild` here",
+            catalog.dataset(),
+            row.id
+        );
+    }
     fault::hit("before-manifest");
     // AlreadyExists means a run that crashed right after this put stored it.
     repo.put(&key, &header.seal(&repo.sealer)?)?;

@@ -50,6 +50,24 @@ pub fn rebuild(repo: &Repository, state: &StatePaths, only: Option<&str>) -> Res
         let headers: Vec<(String, ManifestHeader)> =
             keys.iter().map(|k| Ok((k.clone(), repo.read_manifest(k)?))).collect::<Result<_>>()?;
         let Some((_, first)) = headers.first() else { continue };
+        // One linear history: numbers 1, 2, 3... with no repeats. Two agents
+        // writing one dataset name from separate state would break this.
+        for (i, (key, h)) in headers.iter().enumerate() {
+            if let Some((prev_key, prev)) = i.checked_sub(1).map(|j| &headers[j])
+                && h.seq == prev.seq
+            {
+                {
+                    anyhow::bail!(
+                        "dataset {}: changesets {prev_key} and {key} share number {}: two agents wrote this dataset name; restore each with its own catalog, or remove one history",
+                        h.dataset,
+                        h.seq
+                    );
+                }
+            }
+            if h.dataset != first.dataset {
+                anyhow::bail!("manifest {key} names dataset {:?} inside the history of {:?}", h.dataset, first.dataset);
+            }
+        }
         let name = first.dataset.clone();
         let _lock = DatasetLock::acquire(&state.lock(&name), &name)?;
         let final_path = state.catalog(&name);

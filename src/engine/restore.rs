@@ -132,10 +132,19 @@ pub fn restore(
                 }
                 let (parent, name) = split_path(&row.path);
                 if parent_cache.as_ref().map(|(p, _)| p.as_slice()) != Some(parent) {
-                    let d = root
-                        .open_beneath(parent)
-                        .with_context(|| format!("cannot open directory {} in the target", display_path(parent)))?;
-                    parent_cache = Some((parent.to_vec(), d));
+                    match root.open_beneath(parent) {
+                        Ok(d) => parent_cache = Some((parent.to_vec(), d)),
+                        Err(e) => {
+                            // Its directory could not be made (or is a symlink
+                            // planted by a hostile manifest): skip the entry.
+                            parent_cache = None;
+                            report.lock().unwrap_or_else(|e| e.into_inner()).failed.push(format!(
+                                "{}: cannot open its directory in the target: {e}",
+                                display_path(&row.path)
+                            ));
+                            return Ok(());
+                        }
+                    }
                 }
                 let (_, pdir) = parent_cache.as_ref().expect("set above");
                 let mut rep = report.lock().unwrap_or_else(|e| e.into_inner());

@@ -19,6 +19,12 @@
 
 use anyhow::{Context, Result, bail};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+
+/// Chunks read but not yet placed in a pack, at most (each ≤ 4 MiB).
+const MAX_IN_FLIGHT: usize = 16;
+/// Files waiting for the open pack before it is closed early (many small
+/// duplicates would otherwise keep it open and the waiting list growing).
+const MAX_WAITING_ON_OPEN_PACK: usize = 4096;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::path::Path;
@@ -136,7 +142,10 @@ pub fn upload_changeset(
     let (work_tx, work_rx) = bounded::<Work>(opts.sealers * 4);
     let (sealed_tx, sealed_rx) = bounded::<Sealed>(opts.sealers * 4);
     let (pack_tx, pack_rx) = bounded::<PackJob>(1);
-    let (commit_tx, commit_rx) = unbounded::<ToCommitter>();
+    let (commit_tx, commit_rx) = bounded::<ToCommitter>(8192);
+    // Chunks between the reader and the packer, at most: bounds the packer's
+    // reorder buffer whatever the sealers' relative speed.
+    let (slot_tx, slot_rx) = bounded::<()>(MAX_IN_FLIGHT);
     let (confirm_tx, confirm_rx) = unbounded::<u64>();
     let mut report = UploadReport::default();
 
@@ -171,7 +180,9 @@ pub fn upload_changeset(
                                     for chunk in Chunker::new(&mut hr, chunker_params, seed) {
                                         match chunk {
                                             Ok(data) => {
-                                                if work_tx.send(Work::Chunk { seq, token, data }).is_err() {
+                                                if slot_tx.send(()).is_err()
+                                                    || work_tx.send(Work::Chunk { seq, token, data }).is_err()
+                                                {
                                                     return Ok(());
                                                 }
                                                 seq += 1;
@@ -185,7 +196,9 @@ pub fn upload_changeset(
                                     res.map(|()| (hr.len, *hr.hasher.finalize().as_bytes()))
                                 }
                             };
-                            if work_tx.send(Work::End { seq, token, path: f.path, outcome }).is_err() {
+                            if slot_tx.send(()).is_err()
+                                || work_tx.send(Work::End { seq, token, path: f.path, outcome }).is_err()
+                            {
                                 return Ok(());
                             }
                             seq += 1;
@@ -239,7 +252,8 @@ pub fn upload_changeset(
             let commit_tx = commit_tx.clone();
             let pack_target = opts.pack_target;
             s.spawn(move || {
-                let result = run_packer(repo, index_path, sealed_rx, pack_tx, &commit_tx, confirm_rx, pack_target);
+                let result =
+                    run_packer(repo, index_path, sealed_rx, slot_rx, pack_tx, &commit_tx, confirm_rx, pack_target);
                 if let Err(e) = result {
                     let _ = commit_tx.send(ToCommitter::Fatal { error: format!("{e:#}") });
                 }
@@ -301,10 +315,12 @@ struct FileAcc {
     need_pack: u64,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_packer(
     repo: &Repository,
     index_path: &Path,
     sealed_rx: Receiver<Sealed>,
+    slot_rx: Receiver<()>,
     pack_tx: Sender<PackJob>,
     commit_tx: &Sender<ToCommitter>,
     confirm_rx: Receiver<u64>,
@@ -318,12 +334,14 @@ fn run_packer(
     let mut ids_of_pack: HashMap<u64, Vec<ChunkId>> = HashMap::new();
     let mut files: HashMap<u64, FileAcc> = HashMap::new();
     let mut pack_seq = 1u64;
+    let mut waiting_on_open = 0usize;
     let mut builder = PackBuilder::new(pack_target + (4 << 20));
 
     for item in sealed_rx {
         reorder.insert(item.seq(), item);
         while let Some(item) = reorder.remove(&next) {
             next += 1;
+            let _ = slot_rx.try_recv();
             // Confirmed packs' chunks are in the index now: forget them here.
             for p in confirm_rx.try_iter() {
                 for id in ids_of_pack.remove(&p).unwrap_or_default() {
@@ -352,12 +370,24 @@ fn run_packer(
                                     return Ok(());
                                 }
                                 pack_seq += 1;
+                                waiting_on_open = 0;
                             }
                         }
                     }
                 }
                 Sealed::End { token, path, outcome, .. } => {
                     let acc = files.remove(&token).unwrap_or(FileAcc { chunks: Vec::new(), need_pack: 0 });
+                    if acc.need_pack == pack_seq {
+                        waiting_on_open += 1;
+                        if waiting_on_open >= MAX_WAITING_ON_OPEN_PACK && !builder.is_empty() {
+                            let full = std::mem::replace(&mut builder, PackBuilder::new(pack_target + (4 << 20)));
+                            if pack_tx.send(PackJob { seq: pack_seq, pack: full.finish(&repo.sealer) }).is_err() {
+                                return Ok(());
+                            }
+                            pack_seq += 1;
+                            waiting_on_open = 0;
+                        }
+                    }
                     let msg = match outcome {
                         Ok((size, hash)) => ToCommitter::FileReady {
                             path,

@@ -33,7 +33,15 @@ pub fn classify(prior: &Metadata, now: &Metadata) -> Option<ChangeKind> {
         return Some(ChangeKind::Modified);
     }
     let content_changed = match now.ftype {
-        FileType::File => prior.size != now.size || prior.mtime_ns != now.mtime_ns || prior.ino != now.ino,
+        // ctime too: content rewritten with the mtime set back (touch -m,
+        // some sync tools) changes nothing else. Re-reading costs no upload
+        // (unchanged chunks dedup), missing a change would lose data.
+        FileType::File => {
+            prior.size != now.size
+                || prior.mtime_ns != now.mtime_ns
+                || prior.ctime_ns != now.ctime_ns
+                || prior.ino != now.ino
+        }
         FileType::Symlink => prior.symlink_target != now.symlink_target,
         FileType::CharDev | FileType::BlockDev => prior.rdev != now.rdev,
         _ => false,
@@ -310,7 +318,8 @@ mod tests {
         std::fs::remove_file(d.path().join("x")).unwrap();
         let c = run(d.path(), &prior);
         assert_eq!(c[&b"f".to_vec()].0, ChangeKind::Modified);
-        assert_eq!(c[&b"m".to_vec()].0, ChangeKind::Metadata);
+        // A chmod changes the ctime, so the file is read again (safe side).
+        assert_eq!(c[&b"m".to_vec()].0, ChangeKind::Modified);
         assert_eq!(c[&b"x".to_vec()].0, ChangeKind::Removed);
         assert_eq!(c[&b"dir".to_vec()].0, ChangeKind::Modified);
         assert_eq!(c[&b"dir/sub".to_vec()].0, ChangeKind::Removed);
