@@ -15,11 +15,36 @@ use super::*;
 
 pub struct LocalBackend {
     root: PathBuf,
+    /// Recently read objects, kept open: a restore reads many small ranges
+    /// of the same packs, and objects are never rewritten in place.
+    open_files: std::sync::Mutex<Vec<(String, std::sync::Arc<fs::File>)>>,
 }
+
+const OPEN_FILES: usize = 32;
 
 impl LocalBackend {
     pub fn new(root: &Path) -> LocalBackend {
-        LocalBackend { root: root.to_path_buf() }
+        LocalBackend { root: root.to_path_buf(), open_files: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    fn open_cached(&self, key: &str, p: &Path) -> std::io::Result<std::sync::Arc<fs::File>> {
+        let mut cache = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = cache.iter().position(|(k, _)| k == key) {
+            let entry = cache.remove(i);
+            let f = entry.1.clone();
+            cache.push(entry);
+            return Ok(f);
+        }
+        let f = std::sync::Arc::new(fs::File::open(p)?);
+        if cache.len() >= OPEN_FILES {
+            cache.remove(0);
+        }
+        cache.push((key.to_string(), f.clone()));
+        Ok(f)
+    }
+
+    fn forget_cached(&self, key: &str) {
+        self.open_files.lock().unwrap_or_else(|e| e.into_inner()).retain(|(k, _)| k != key);
     }
 
     fn path_of(&self, key: &str) -> BResult<PathBuf> {
@@ -83,6 +108,24 @@ impl Backend for LocalBackend {
 
     fn get(&self, key: &str, range: Option<Range<u64>>) -> BResult<Vec<u8>> {
         let p = self.path_of(key)?;
+        if let Some(r) = &range {
+            // Ranged reads (restore, pack indexes) go through kept-open handles.
+            if let Ok(f) = self.open_cached(key, &p) {
+                use std::os::unix::fs::FileExt;
+                let len = f.metadata().map_err(|e| Self::other(e, format!("cannot stat {}", p.display())))?.len();
+                if r.start > r.end || r.end > len {
+                    return Err(BackendError::Other(anyhow::anyhow!(
+                        "range {}..{} is outside object {key} of {len} bytes",
+                        r.start,
+                        r.end
+                    )));
+                }
+                let mut buf = vec![0u8; (r.end - r.start) as usize];
+                f.read_exact_at(&mut buf, r.start)
+                    .map_err(|e| Self::other(e, format!("cannot read {}", p.display())))?;
+                return Ok(buf);
+            }
+        }
         let mut f = match fs::File::open(&p) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(BackendError::NotFound(key.into())),
@@ -156,6 +199,7 @@ impl Backend for LocalBackend {
 
     fn delete(&self, key: &str) -> BResult<()> {
         let p = self.path_of(key)?;
+        self.forget_cached(key);
         match fs::remove_file(&p) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),

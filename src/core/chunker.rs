@@ -40,31 +40,95 @@ impl ChunkerParams {
     }
 }
 
-/// Iterates over the chunks of a reader. Holds at most `max_size` bytes of
-/// buffer, whatever the size of the input.
+/// Iterates over the chunks of a reader.
+///
+/// Holds one buffer of four maximum chunks, whatever the size of the input,
+/// and moves leftover bytes to its front only once per refill (fastcdc's own
+/// StreamCDC moves its whole buffer after every chunk, which made chunking
+/// the bottleneck of a backup). Cut points are those of FastCDC 2020 with
+/// the same parameters: each cut looks at no more than `max_size` bytes.
 pub struct Chunker<R: Read> {
-    inner: fastcdc::v2020::StreamCDC<R>,
+    reader: R,
+    buf: Vec<u8>,
+    pos: usize,
+    len: usize,
+    eof: bool,
+    params: ChunkerParams,
+    mask_s: u64,
+    mask_l: u64,
+    gear: std::borrow::Cow<'static, [u64]>,
+    gear_ls: std::borrow::Cow<'static, [u64]>,
 }
 
 impl<R: Read> Chunker<R> {
     pub fn new(reader: R, params: ChunkerParams, seed: u64) -> Self {
-        Chunker {
-            inner: fastcdc::v2020::StreamCDC::with_level_and_seed(
-                reader,
-                params.min_size as usize,
-                params.avg_size as usize,
-                params.max_size as usize,
-                fastcdc::v2020::Normalization::Level1,
-                seed,
-            ),
+        Self::with_buffer(reader, params, seed, Vec::new())
+    }
+
+    /// Chunk with a buffer left by an earlier chunker (`into_buffer`), so a
+    /// million small files do not each allocate and zero 16 MiB.
+    pub fn with_buffer(reader: R, params: ChunkerParams, seed: u64, mut buf: Vec<u8>) -> Self {
+        let want = params.max_size as usize * 4;
+        if buf.len() != want {
+            buf.resize(want, 0);
         }
+        let (mask_s, mask_l) =
+            fastcdc::v2020::select_masks(params.avg_size as usize, fastcdc::v2020::Normalization::Level1);
+        let (gear, gear_ls) = fastcdc::v2020::get_gear_with_seed(seed);
+        Chunker { reader, buf, pos: 0, len: 0, eof: false, params, mask_s, mask_l, gear, gear_ls }
+    }
+
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+
+    fn refill(&mut self) -> std::io::Result<()> {
+        self.buf.copy_within(self.pos..self.len, 0);
+        self.len -= self.pos;
+        self.pos = 0;
+        while !self.eof && self.len < self.buf.len() {
+            match self.reader.read(&mut self.buf[self.len..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
 impl<R: Read> Iterator for Chunker<R> {
     type Item = std::io::Result<Vec<u8>>;
     fn next(&mut self) -> Option<Self::Item> {
-        self.inner.next().map(|r| r.map(|c| c.data).map_err(std::io::Error::from))
+        let max = self.params.max_size as usize;
+        if self.len - self.pos < max
+            && !self.eof
+            && let Err(e) = self.refill()
+        {
+            return Some(Err(e));
+        }
+        if self.pos == self.len {
+            return None;
+        }
+        let (_, count) = fastcdc::v2020::cut_gear(
+            &self.buf[self.pos..self.len],
+            self.params.min_size as usize,
+            self.params.avg_size as usize,
+            max,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+            &self.gear,
+            &self.gear_ls,
+        );
+        if count == 0 {
+            return None;
+        }
+        let chunk = self.buf[self.pos..self.pos + count].to_vec();
+        self.pos += count;
+        Some(Ok(chunk))
     }
 }
 
@@ -118,6 +182,44 @@ mod tests {
         let a: Vec<usize> = cut(&data, 1).iter().map(|c| c.len()).collect();
         let b: Vec<usize> = cut(&data, 2).iter().map(|c| c.len()).collect();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn cut_points_match_fastcdc_streaming() {
+        // The repository format names FastCDC 2020: our buffering must not move cuts.
+        let data = pseudo_random(23 << 20, 9);
+        let p = ChunkerParams::default();
+        let ours: Vec<usize> = cut(&data, 77).iter().map(|c| c.len()).collect();
+        let theirs: Vec<usize> = fastcdc::v2020::StreamCDC::with_level_and_seed(
+            &data[..],
+            p.min_size as usize,
+            p.avg_size as usize,
+            p.max_size as usize,
+            fastcdc::v2020::Normalization::Level1,
+            77,
+        )
+        .map(|c| c.unwrap().length)
+        .collect();
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn reads_in_odd_sizes_do_not_move_cuts() {
+        struct Trickle<'a>(&'a [u8], usize);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.1 = self.1 % 7919 + 1;
+                let n = self.1.min(buf.len()).min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let data = pseudo_random(9 << 20, 4);
+        let a = cut(&data, 5);
+        let b: Vec<Vec<u8>> =
+            Chunker::new(Trickle(&data, 0), ChunkerParams::default(), 5).map(|c| c.unwrap()).collect();
+        assert_eq!(a, b);
     }
 
     #[test]

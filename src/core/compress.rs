@@ -8,9 +8,37 @@ use anyhow::{Result, bail};
 pub const CODEC_STORED: u8 = 0;
 pub const CODEC_ZSTD: u8 = 1;
 
-/// The zstd level: 3 is zstd's own default, a good speed/ratio point for
-/// backup traffic (restic's "auto" is the same).
-pub const ZSTD_LEVEL: i32 = 3;
+/// The zstd level. Measured with scripts/bench (docs/benchmarks.md): level 2
+/// gives the same repository size as restic's default and seals faster
+/// than level 3; level 1 costs about 5% in size.
+pub const ZSTD_LEVEL: i32 = 2;
+
+thread_local! {
+    // A zstd context costs more to create than to compress a small chunk:
+    // one per thread, reused (a million small files means a million chunks).
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static PROBE: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+type CompressorCell = std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>>;
+
+fn with_compressor<T>(
+    cell: &'static std::thread::LocalKey<CompressorCell>,
+    level: i32,
+    f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    cell.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(zstd::bulk::Compressor::new(level)?);
+        }
+        f(c.as_mut().expect("set above"))
+    })
+}
 
 /// Size of the probe used to detect incompressible data cheaply.
 const PROBE_LEN: usize = 64 * 1024;
@@ -19,7 +47,7 @@ const PROBE_LEN: usize = 64 * 1024;
 pub fn compress(data: &[u8]) -> Vec<u8> {
     if data.len() >= 512
         && looks_compressible(data)
-        && let Ok(z) = zstd::bulk::compress(data, ZSTD_LEVEL)
+        && let Ok(z) = with_compressor(&COMPRESSOR, ZSTD_LEVEL, |c| c.compress(data))
     {
         // Keep compression only when it saves at least 3%.
         if z.len() + z.len() / 32 < data.len() {
@@ -42,7 +70,7 @@ fn looks_compressible(data: &[u8]) -> bool {
         return true;
     }
     let probe = &data[..PROBE_LEN];
-    match zstd::bulk::compress(probe, 1) {
+    match with_compressor(&PROBE, 1, |c| c.compress(probe)) {
         Ok(z) => z.len() < probe.len() - probe.len() / 16,
         Err(_) => true,
     }
@@ -61,9 +89,15 @@ pub fn decompress(data: &[u8], max_len: usize) -> Result<Vec<u8>> {
             }
             Ok(payload.to_vec())
         }
-        CODEC_ZSTD => {
-            zstd::bulk::decompress(payload, max_len).map_err(|e| anyhow::anyhow!("zstd payload is corrupt: {e}"))
-        }
+        CODEC_ZSTD => DECOMPRESSOR
+            .with(|d| {
+                let mut d = d.borrow_mut();
+                if d.is_none() {
+                    *d = Some(zstd::bulk::Decompressor::new()?);
+                }
+                d.as_mut().expect("set above").decompress(payload, max_len)
+            })
+            .map_err(|e| anyhow::anyhow!("zstd payload is corrupt: {e}")),
         other => bail!("unknown codec {other}"),
     }
 }

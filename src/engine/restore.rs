@@ -70,7 +70,6 @@ pub fn restore(
     }
     crate::fsx::raise_fd_limit();
     let chown = rustix::process::geteuid().is_root();
-    let index = Mutex::new(ChunkIndex::open(index_path)?);
     let index_synced = Mutex::new(false);
     let report = Mutex::new(RestoreReport::default());
     let mut dirs: Vec<(Vec<u8>, Metadata)> = Vec::new();
@@ -85,10 +84,19 @@ pub fn restore(
     std::thread::scope(|s| -> Result<()> {
         for _ in 0..opts.workers.max(1) {
             let job_rx = job_rx.clone();
-            let (root, index, index_synced, report) = (&root, &index, &index_synced, &report);
+            let (root, index_synced, report) = (&root, &index_synced, &report);
             s.spawn(move || {
+                // Each worker has its own index connection and directory
+                // handle: no lock is shared on the per-file path.
+                let mut w = match ChunkIndex::open(index_path) {
+                    Ok(index) => Worker { index, dir: None },
+                    Err(e) => {
+                        report.lock().unwrap_or_else(|e| e.into_inner()).failed.push(format!("{e:#}"));
+                        return;
+                    }
+                };
                 for job in job_rx {
-                    let res = restore_file(repo, root, index, index_synced, &job, opts.overwrite, chown);
+                    let res = restore_file(repo, root, &mut w, index_path, index_synced, &job, opts.overwrite, chown);
                     let mut rep = report.lock().unwrap_or_else(|e| e.into_inner());
                     match res {
                         Ok((bytes, warnings)) => {
@@ -231,28 +239,46 @@ pub fn restore(
         };
         report.warnings.extend(warn.into_iter().map(|w| format!("{}: {w}", display_path(&path))));
     }
+    // One flush of the whole file system at the end instead of an fsync per
+    // file: as durable when restore returns, without 200,000 round trips.
+    if let Err(e) = rustix::fs::syncfs(&root) {
+        report.warnings.push(format!("syncfs of the target failed: {e}"));
+    }
     log::debug!("restore visited {entries_seen} entries");
     Ok(report)
 }
 
 /// Write one file from its chunks; on any failure remove what was written.
+struct Worker {
+    index: ChunkIndex,
+    /// The directory of the last file written: files come in path order.
+    dir: Option<(Vec<u8>, Dir)>,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn restore_file(
     repo: &Repository,
     root: &Dir,
-    index: &Mutex<ChunkIndex>,
+    w: &mut Worker,
+    index_path: &std::path::Path,
     index_synced: &Mutex<bool>,
     job: &FileJob,
     overwrite: bool,
     chown: bool,
 ) -> Result<(u64, Vec<String>)> {
     let (parent, name) = split_path(&job.path);
-    let dir = root.open_beneath(parent).context("cannot open its directory in the target")?;
+    if w.dir.as_ref().map(|(p, _)| p.as_slice()) != Some(parent) {
+        w.dir = None;
+        let d = root.open_beneath(parent).context("cannot open its directory in the target")?;
+        w.dir = Some((parent.to_vec(), d));
+    }
+    let (_, dir) = w.dir.as_ref().expect("set above");
     let mut file = dir.create_file(name, overwrite).context("cannot create it")?;
     let written = (|| -> Result<u64> {
         let mut hasher = blake3::Hasher::new();
         let mut pos = 0u64;
         for id in &job.chunks {
-            let loc = lookup(repo, index, index_synced, id)?;
+            let loc = lookup(repo, &w.index, index_path, index_synced, id)?;
             let data = repo.read_chunk(id, &loc)?;
             hasher.update(&data);
             write_sparse(&mut file, &data)?;
@@ -264,7 +290,6 @@ fn restore_file(
         {
             bail!("restored content does not match the hash recorded at backup");
         }
-        file.sync_all()?;
         Ok(pos)
     })();
     drop(file);
@@ -308,25 +333,23 @@ fn write_sparse(file: &mut std::fs::File, data: &[u8]) -> std::io::Result<()> {
 /// (the local index is a cache and may be behind).
 fn lookup(
     repo: &Repository,
-    index: &Mutex<ChunkIndex>,
+    index: &ChunkIndex,
+    index_path: &std::path::Path,
     index_synced: &Mutex<bool>,
     id: &crate::model::ChunkId,
 ) -> Result<crate::catalog::index::ChunkLocation> {
-    if let Some(loc) = index.lock().unwrap_or_else(|e| e.into_inner()).lookup(id)? {
+    if let Some(loc) = index.lookup(id)? {
         return Ok(loc);
     }
-    let mut synced = index_synced.lock().unwrap_or_else(|e| e.into_inner());
-    if !*synced {
-        let mut ix = index.lock().unwrap_or_else(|e| e.into_inner());
-        repo.sync_index(&mut ix)?;
-        *synced = true;
+    {
+        let mut synced = index_synced.lock().unwrap_or_else(|e| e.into_inner());
+        if !*synced {
+            let mut writer = ChunkIndex::open(index_path)?;
+            repo.sync_index(&mut writer)?;
+            *synced = true;
+        }
     }
-    drop(synced);
-    index
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .lookup(id)?
-        .with_context(|| format!("chunk {} is in no pack of the repository", &id.to_hex()[..16]))
+    index.lookup(id)?.with_context(|| format!("chunk {} is in no pack of the repository", &id.to_hex()[..16]))
 }
 
 /// Convenience for callers holding an Arc.

@@ -26,7 +26,6 @@ const MAX_IN_FLIGHT: usize = 16;
 /// duplicates would otherwise keep it open and the waiting list growing).
 const MAX_WAITING_ON_OPEN_PACK: usize = 4096;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,24 +66,37 @@ pub struct UploadReport {
 }
 
 enum Work {
-    Chunk { seq: u64, token: u64, data: Vec<u8> },
-    End { seq: u64, token: u64, path: Vec<u8>, outcome: Result<(u64, [u8; 32]), String> },
+    Chunk {
+        seq: u64,
+        token: u64,
+        data: Vec<u8>,
+    },
+    /// The file's size as read, or why it could not be read.
+    End {
+        seq: u64,
+        token: u64,
+        path: Vec<u8>,
+        outcome: Result<u64, String>,
+    },
 }
 
 enum Sealed {
-    /// `sealed` is `None` when the index already holds the chunk.
+    /// `sealed` is `None` when the index already holds the chunk. `plain`
+    /// travels on so the packer, which sees a file's chunks in order, hashes
+    /// whole files off the reader's thread (the reader was the bottleneck).
     Chunk {
         seq: u64,
         token: u64,
         id: ChunkId,
         raw_len: u32,
         sealed: Option<Vec<u8>>,
+        plain: Vec<u8>,
     },
     End {
         seq: u64,
         token: u64,
         path: Vec<u8>,
-        outcome: Result<(u64, [u8; 32]), String>,
+        outcome: Result<u64, String>,
     },
 }
 
@@ -107,22 +119,6 @@ enum ToCommitter {
     Confirmed { seq: u64, job: PackJob },
     UploadFailed { error: String },
     Fatal { error: String },
-}
-
-/// Reads content and hashes the whole file on the way.
-struct HashingReader<R> {
-    inner: R,
-    hasher: blake3::Hasher,
-    len: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
 }
 
 /// Upload the content of every pending file of changeset `cs`.
@@ -163,6 +159,7 @@ pub fn upload_changeset(
                     let mut after: Option<Vec<u8>> = None;
                     let mut seq = 0u64;
                     let mut token = 0u64;
+                    let mut buf = Vec::new();
                     loop {
                         let page = cat.pending_files(cs, after.as_deref(), 512)?;
                         let Some(last) = page.last() else { break };
@@ -175,11 +172,14 @@ pub fn upload_changeset(
                             let outcome = match reader.open(&f.path) {
                                 Err(e) => Err(format!("cannot open: {e}")),
                                 Ok(file) => {
-                                    let mut hr = HashingReader { inner: file, hasher: blake3::Hasher::new(), len: 0 };
                                     let mut res = Ok(());
-                                    for chunk in Chunker::new(&mut hr, chunker_params, seed) {
+                                    let mut len = 0u64;
+                                    let mut chunker =
+                                        Chunker::with_buffer(file, chunker_params, seed, std::mem::take(&mut buf));
+                                    for chunk in &mut chunker {
                                         match chunk {
                                             Ok(data) => {
+                                                len += data.len() as u64;
                                                 if slot_tx.send(()).is_err()
                                                     || work_tx.send(Work::Chunk { seq, token, data }).is_err()
                                                 {
@@ -193,7 +193,8 @@ pub fn upload_changeset(
                                             }
                                         }
                                     }
-                                    res.map(|()| (hr.len, *hr.hasher.finalize().as_bytes()))
+                                    buf = chunker.into_buffer();
+                                    res.map(|()| len)
                                 }
                             };
                             if slot_tx.send(()).is_err()
@@ -229,7 +230,7 @@ pub fn upload_changeset(
                                 } else {
                                     Some(pack::seal_chunk(&repo.sealer, &id, &data))
                                 };
-                                Sealed::Chunk { seq, token, id, raw_len: data.len() as u32, sealed }
+                                Sealed::Chunk { seq, token, id, raw_len: data.len() as u32, sealed, plain: data }
                             }
                             Work::End { seq, token, path, outcome } => Sealed::End { seq, token, path, outcome },
                         };
@@ -313,6 +314,13 @@ fn put_with_retry(repo: &Repository, pack: &FinishedPack) -> Result<()> {
 struct FileAcc {
     chunks: Vec<ChunkId>,
     need_pack: u64,
+    hasher: blake3::Hasher,
+}
+
+impl FileAcc {
+    fn new() -> FileAcc {
+        FileAcc { chunks: Vec::new(), need_pack: 0, hasher: blake3::Hasher::new() }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -349,8 +357,10 @@ fn run_packer(
                 }
             }
             match item {
-                Sealed::Chunk { token, id, raw_len, sealed, .. } => {
-                    let acc = files.entry(token).or_insert(FileAcc { chunks: Vec::new(), need_pack: 0 });
+                Sealed::Chunk { token, id, raw_len, sealed, plain, .. } => {
+                    let acc = files.entry(token).or_insert_with(FileAcc::new);
+                    acc.hasher.update(&plain);
+                    drop(plain);
                     acc.chunks.push(id);
                     match sealed {
                         None => {}
@@ -376,7 +386,7 @@ fn run_packer(
                     }
                 }
                 Sealed::End { token, path, outcome, .. } => {
-                    let acc = files.remove(&token).unwrap_or(FileAcc { chunks: Vec::new(), need_pack: 0 });
+                    let acc = files.remove(&token).unwrap_or_else(FileAcc::new);
                     if acc.need_pack == pack_seq {
                         waiting_on_open += 1;
                         if waiting_on_open >= MAX_WAITING_ON_OPEN_PACK && !builder.is_empty() {
@@ -389,12 +399,12 @@ fn run_packer(
                         }
                     }
                     let msg = match outcome {
-                        Ok((size, hash)) => ToCommitter::FileReady {
+                        Ok(size) => ToCommitter::FileReady {
                             path,
+                            hash: *acc.hasher.finalize().as_bytes(),
                             chunks: acc.chunks,
                             need_pack: acc.need_pack,
                             size,
-                            hash,
                             at: now(),
                         },
                         Err(error) => ToCommitter::FileFailed { path, error },
