@@ -337,3 +337,56 @@ fn two_agents_on_one_repository_at_once() {
         env.cmd().env("N2S_STATE_DIR", env.path("state-hostA")).args(["verify", "--level", "full"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn restoring_one_path_needs_only_the_packs_that_hold_it() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let mut rng = Rng(31);
+    for i in 0..30 {
+        std::fs::write(src.join(format!("sub/f{i:02}")), rng.bytes(40_000)).unwrap();
+    }
+    let out = env
+        .cmd()
+        .env("N2S_PACK_SIZE_KB", "64")
+        .args(["backup", "--dataset", "one", "--source", "walk", "--path"])
+        .arg(&src)
+        .args(["--snapshot", "s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all_packs = files_under(&env.repo.join("data"));
+    assert!(all_packs.len() >= 10, "want many packs, got {}", all_packs.len());
+
+    // Which packs hold sub/f17, from the local catalog and index.
+    let repo = open_repo(&env);
+    let state = n2s_agent::state::StatePaths::new(&env.state, &repo.config.id).unwrap();
+    let cat = n2s_agent::catalog::Catalog::open(&state.catalog("one"), "one").unwrap();
+    let index = n2s_agent::catalog::index::ChunkIndex::open(&state.index_db()).unwrap();
+    let row = cat.entry_at(1, b"sub/f17").unwrap().unwrap();
+    let needed: std::collections::HashSet<String> =
+        row.chunks.iter().map(|c| index.lookup(c).unwrap().unwrap().pack.to_hex()).collect();
+    assert!(!needed.is_empty() && needed.len() < all_packs.len());
+    drop((cat, index));
+
+    // Every other pack goes away; the single-path restore must not notice.
+    for p in &all_packs {
+        if !needed.contains(&p.file_name().unwrap().to_string_lossy().to_string()) {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let t = env.path("t");
+    env.ok([
+        "restore".as_ref(),
+        "s".as_ref(),
+        "--dataset".as_ref(),
+        "one".as_ref(),
+        "--target".as_ref(),
+        t.as_os_str(),
+        "--path".as_ref(),
+        "sub/f17".as_ref(),
+    ]);
+    assert_eq!(std::fs::read(t.join("sub/f17")).unwrap(), std::fs::read(src.join("sub/f17")).unwrap());
+}

@@ -20,12 +20,16 @@
 use anyhow::{Context, Result, bail};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
+/// Files opened ahead of the one being chunked, and how much of each the
+/// kernel is asked to start reading.
+const OPEN_AHEAD: usize = 8;
+const READ_AHEAD_BYTES: u64 = 32 << 20;
 /// Chunks read but not yet placed in a pack, at most (each ≤ 4 MiB).
-const MAX_IN_FLIGHT: usize = 16;
+const MAX_IN_FLIGHT: usize = 32;
 /// Files waiting for the open pack before it is closed early (many small
 /// duplicates would otherwise keep it open and the waiting list growing).
 const MAX_WAITING_ON_OPEN_PACK: usize = 4096;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -137,7 +141,7 @@ pub fn upload_changeset(
     let abort = AtomicBool::new(false);
     let (work_tx, work_rx) = bounded::<Work>(opts.sealers * 4);
     let (sealed_tx, sealed_rx) = bounded::<Sealed>(opts.sealers * 4);
-    let (pack_tx, pack_rx) = bounded::<PackJob>(1);
+    let (pack_tx, pack_rx) = bounded::<PackJob>(2);
     let (commit_tx, commit_rx) = bounded::<ToCommitter>(8192);
     // Chunks between the reader and the packer, at most: bounds the packer's
     // reorder buffer whatever the sealers' relative speed.
@@ -164,12 +168,32 @@ pub fn upload_changeset(
                         let page = cat.pending_files(cs, after.as_deref(), 512)?;
                         let Some(last) = page.last() else { break };
                         after = Some(last.path.clone());
-                        for f in page {
+                        // Open a few files ahead and ask the kernel to start
+                        // reading them, so disk reads overlap chunking.
+                        let mut rows = page.into_iter();
+                        let mut ahead: VecDeque<(crate::catalog::FileRow, std::io::Result<std::fs::File>)> =
+                            VecDeque::new();
+                        loop {
+                            while ahead.len() < OPEN_AHEAD {
+                                let Some(f) = rows.next() else { break };
+                                let opened = reader.open(&f.path);
+                                if let Ok(file) = &opened {
+                                    let len = f.meta.as_ref().map_or(0, |m| m.size).min(READ_AHEAD_BYTES);
+                                    let _ = rustix::fs::fadvise(
+                                        file,
+                                        0,
+                                        std::num::NonZeroU64::new(len),
+                                        rustix::fs::Advice::WillNeed,
+                                    );
+                                }
+                                ahead.push_back((f, opened));
+                            }
+                            let Some((f, opened)) = ahead.pop_front() else { break };
                             if abort.load(Ordering::Relaxed) {
                                 return Ok(());
                             }
                             token += 1;
-                            let outcome = match reader.open(&f.path) {
+                            let outcome = match opened {
                                 Err(e) => Err(format!("cannot open: {e}")),
                                 Ok(file) => {
                                     let mut res = Ok(());
