@@ -235,23 +235,11 @@ fn a_full_repository_disk_fails_cleanly_and_the_next_run_resumes() {
     }
     let _guard = Unmount(env.repo.clone());
     env.init();
-    let out = env
-        .cmd()
-        .env("N2S_PACK_SIZE_KB", "512")
-        .args(["backup", "--dataset", "d", "--source", "walk", "--path"])
-        .arg(&src)
-        .output()
-        .unwrap();
+    let out = env.backup_small_packs("d", &src, "s", 512);
     assert_one_line_error(&out, 1, "full");
     let st = std::process::Command::new("mount").args(["-o", "remount,size=64m"]).arg(&env.repo).status().unwrap();
     assert!(st.success());
-    let out = env
-        .cmd()
-        .env("N2S_PACK_SIZE_KB", "512")
-        .args(["backup", "--dataset", "d", "--source", "walk", "--path"])
-        .arg(&src)
-        .output()
-        .unwrap();
+    let out = env.backup_small_packs("d", &src, "s", 512);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("resumed"));
     let t = env.path("t");

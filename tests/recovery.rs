@@ -94,13 +94,7 @@ fn verify_finds_a_flipped_bit_in_any_pack_and_a_missing_pack() {
     for i in 0..12 {
         std::fs::write(src.join(format!("f{i}")), rng.bytes(60_000)).unwrap();
     }
-    let out = env
-        .cmd()
-        .env("N2S_PACK_SIZE_KB", "64")
-        .args(["backup", "--dataset", "v", "--source", "walk", "--path"])
-        .arg(&src)
-        .output()
-        .unwrap();
+    let out = env.backup_small_packs("v", &src, "s", 64);
     assert!(out.status.success(), "{}", stderr(&out));
     env.ok(["verify", "--level", "full"]);
     let packs = files_under(&env.repo.join("data"));
@@ -134,14 +128,7 @@ fn a_corrupt_pack_costs_only_the_files_in_it() {
     for i in 0..10 {
         std::fs::write(src.join(format!("f{i}")), rng.bytes(70_000)).unwrap();
     }
-    let out = env
-        .cmd()
-        .env("N2S_PACK_SIZE_KB", "64")
-        .args(["backup", "--dataset", "c", "--source", "walk", "--path"])
-        .arg(&src)
-        .args(["--snapshot", "one"])
-        .output()
-        .unwrap();
+    let out = env.backup_small_packs("c", &src, "one", 64);
     assert!(out.status.success());
     let pack = files_under(&env.repo.join("data")).remove(0);
     let mut bytes = std::fs::read(&pack).unwrap();
@@ -348,14 +335,7 @@ fn restoring_one_path_needs_only_the_packs_that_hold_it() {
     for i in 0..30 {
         std::fs::write(src.join(format!("sub/f{i:02}")), rng.bytes(40_000)).unwrap();
     }
-    let out = env
-        .cmd()
-        .env("N2S_PACK_SIZE_KB", "64")
-        .args(["backup", "--dataset", "one", "--source", "walk", "--path"])
-        .arg(&src)
-        .args(["--snapshot", "s"])
-        .output()
-        .unwrap();
+    let out = env.backup_small_packs("one", &src, "s", 64);
     assert!(out.status.success(), "{}", stderr(&out));
     let all_packs = files_under(&env.repo.join("data"));
     assert!(all_packs.len() >= 10, "want many packs, got {}", all_packs.len());

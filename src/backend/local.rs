@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 use std::fs;
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -107,52 +107,31 @@ impl Backend for LocalBackend {
     }
 
     fn get(&self, key: &str, range: Option<Range<u64>>) -> BResult<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
         let p = self.path_of(key)?;
-        if let Some(r) = &range {
-            // Ranged reads (restore, pack indexes) go through kept-open handles.
-            if let Ok(f) = self.open_cached(key, &p) {
-                use std::os::unix::fs::FileExt;
-                let len = f.metadata().map_err(|e| Self::other(e, format!("cannot stat {}", p.display())))?.len();
-                if r.start > r.end || r.end > len {
-                    return Err(BackendError::Other(anyhow::anyhow!(
-                        "range {}..{} is outside object {key} of {len} bytes",
-                        r.start,
-                        r.end
-                    )));
-                }
-                let mut buf = vec![0u8; (r.end - r.start) as usize];
-                f.read_exact_at(&mut buf, r.start)
-                    .map_err(|e| Self::other(e, format!("cannot read {}", p.display())))?;
-                return Ok(buf);
+        let cannot = |e: std::io::Error, what: &str| {
+            if e.kind() == ErrorKind::NotFound {
+                BackendError::NotFound(key.into())
+            } else {
+                Self::other(e, format!("cannot {what} {}", p.display()))
             }
-        }
-        let mut f = match fs::File::open(&p) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Err(BackendError::NotFound(key.into())),
-            Err(e) => return Err(Self::other(e, format!("cannot open {}", p.display()))),
         };
-        let len = f.metadata().map_err(|e| Self::other(e, format!("cannot stat {}", p.display())))?.len();
-        match range {
-            None => {
-                let mut buf = Vec::with_capacity(len as usize);
-                f.read_to_end(&mut buf).map_err(|e| Self::other(e, format!("cannot read {}", p.display())))?;
-                Ok(buf)
-            }
-            Some(r) => {
-                if r.start > r.end || r.end > len {
-                    return Err(BackendError::Other(anyhow::anyhow!(
-                        "range {}..{} is outside object {key} of {len} bytes",
-                        r.start,
-                        r.end
-                    )));
-                }
-                let mut buf = vec![0u8; (r.end - r.start) as usize];
-                f.seek(SeekFrom::Start(r.start))
-                    .and_then(|_| f.read_exact(&mut buf))
-                    .map_err(|e| Self::other(e, format!("cannot read {}", p.display())))?;
-                Ok(buf)
-            }
+        let Some(r) = range else {
+            return fs::read(&p).map_err(|e| cannot(e, "read"));
+        };
+        // Ranged reads (restore, pack indexes) go through kept-open handles.
+        let f = self.open_cached(key, &p).map_err(|e| cannot(e, "open"))?;
+        let len = f.metadata().map_err(|e| cannot(e, "stat"))?.len();
+        if r.start > r.end || r.end > len {
+            return Err(BackendError::Other(anyhow::anyhow!(
+                "range {}..{} is outside object {key} of {len} bytes",
+                r.start,
+                r.end
+            )));
         }
+        let mut buf = vec![0u8; (r.end - r.start) as usize];
+        f.read_exact_at(&mut buf, r.start).map_err(|e| cannot(e, "read"))?;
+        Ok(buf)
     }
 
     fn list(&self, prefix: &str) -> BResult<Vec<ObjectInfo>> {

@@ -93,6 +93,18 @@ impl Env {
         ])
     }
 
+    /// A walk backup with small packs, so little data makes many packs.
+    /// Returns the raw output: callers decide what success means.
+    pub fn backup_small_packs(&self, dataset: &str, path: &Path, label: &str, pack_kb: u32) -> Output {
+        self.cmd()
+            .env("N2S_PACK_SIZE_KB", pack_kb.to_string())
+            .args(["backup", "--dataset", dataset, "--source", "walk", "--path"])
+            .arg(path)
+            .args(["--snapshot", label])
+            .output()
+            .expect("run n2s-agent")
+    }
+
     pub fn restore(&self, dataset: &str, label: &str, target: &Path) -> String {
         self.ok([
             OsStr::new("restore"),
