@@ -3,6 +3,7 @@
 //! It knows nothing of backends, packs or SQLite: the last backed-up state
 //! reaches it through the small `PriorState` trait.
 
+pub mod btrfs;
 pub mod walk;
 
 use anyhow::Result;
