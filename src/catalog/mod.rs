@@ -586,6 +586,15 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Every path of hardlinked inode `ino` as of changeset `n`.
+    pub fn hardlinks_at(&self, n: i64, ino: u64) -> Result<Vec<FileRow>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {FILE_COLS} FROM files f WHERE f.ino = ?2 AND f.nlink > 1 AND {LATEST} ORDER BY f.path"
+        ))?;
+        let rows = st.query_map(params![n, ino as i64], file_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// The tree as of changeset `n` in path order (parents before children),
     /// restricted to `prefix` and everything below it when given.
     pub fn for_each_in_tree(

@@ -52,6 +52,10 @@ pub const DATASET_MIGRATIONS: &[&str] = &[
     CREATE INDEX files_by_dir ON files(dir, path, changeset);
     CREATE INDEX files_pending ON files(changeset, path) WHERE status = 0;
     "#,
+    // 2: find every path of a hardlinked inode (snapshot diffs name one).
+    r#"
+    CREATE INDEX files_by_ino ON files(ino) WHERE nlink > 1;
+    "#,
 ];
 
 pub const INDEX_MIGRATIONS: &[&str] = &[r#"

@@ -38,4 +38,9 @@ impl PriorState for CatalogPrior<'_> {
             }
         })
     }
+
+    fn hardlinks_of(&self, ino: u64) -> Result<Vec<PriorEntry>> {
+        let Some(n) = self.at else { return Ok(Vec::new()) };
+        Ok(self.catalog.hardlinks_at(n, ino)?.into_iter().filter_map(to_prior).collect())
+    }
 }

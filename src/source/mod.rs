@@ -37,6 +37,9 @@ pub trait PriorState {
     fn children(&self, dir: &[u8]) -> Result<Vec<PriorEntry>>;
     /// Every entry strictly below `dir`, visited in path order.
     fn for_each_below(&self, dir: &[u8], f: &mut dyn FnMut(PriorEntry) -> Result<()>) -> Result<()>;
+    /// Every path of the regular file with inode `ino` that had more than
+    /// one link: a diff may name only one path of a hardlinked inode.
+    fn hardlinks_of(&self, ino: u64) -> Result<Vec<PriorEntry>>;
 }
 
 /// A path the source could not look at: it is reported, never skipped silently.
@@ -73,4 +76,58 @@ pub trait ChangeSource {
         emit: &mut dyn FnMut(Change) -> Result<()>,
     ) -> Result<ChangeReport>;
     fn reader(&self, snap: &SnapshotRef) -> Result<Box<dyn SnapshotReader>>;
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    //! A prior state held in memory, for testing sources alone.
+    use super::*;
+    use crate::model::{ChangeKind, FileType, split_path};
+    use std::collections::{BTreeMap, HashMap};
+
+    #[derive(Default)]
+    pub struct MemPrior(pub BTreeMap<Vec<u8>, Metadata>);
+
+    impl PriorState for MemPrior {
+        fn entry(&self, path: &[u8]) -> Result<Option<PriorEntry>> {
+            Ok(self.0.get(path).map(|m| PriorEntry { path: path.to_vec(), meta: m.clone() }))
+        }
+        fn children(&self, dir: &[u8]) -> Result<Vec<PriorEntry>> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|(p, _)| !p.is_empty() && split_path(p).0 == dir)
+                .map(|(p, m)| PriorEntry { path: p.clone(), meta: m.clone() })
+                .collect())
+        }
+        fn for_each_below(&self, dir: &[u8], f: &mut dyn FnMut(PriorEntry) -> Result<()>) -> Result<()> {
+            let mut pre = dir.to_vec();
+            pre.push(b'/');
+            for (p, m) in &self.0 {
+                if dir.is_empty() && !p.is_empty() || p.starts_with(&pre) {
+                    f(PriorEntry { path: p.clone(), meta: m.clone() })?;
+                }
+            }
+            Ok(())
+        }
+        fn hardlinks_of(&self, ino: u64) -> Result<Vec<PriorEntry>> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|(_, m)| m.ftype == FileType::File && m.nlink > 1 && m.ino == ino)
+                .map(|(p, m)| PriorEntry { path: p.clone(), meta: m.clone() })
+                .collect())
+        }
+    }
+
+    /// Apply a source's changes to the prior state, as a backup would.
+    pub fn apply(prior: &mut MemPrior, changes: &HashMap<Vec<u8>, (ChangeKind, Option<Metadata>)>) {
+        for (p, (k, m)) in changes {
+            if *k == ChangeKind::Removed {
+                prior.0.remove(p);
+            } else if let Some(m) = m {
+                prior.0.insert(p.clone(), m.clone());
+            }
+        }
+    }
 }

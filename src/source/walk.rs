@@ -59,14 +59,18 @@ pub fn classify(prior: &Metadata, now: &Metadata) -> Option<ChangeKind> {
     meta_changed.then_some(ChangeKind::Metadata)
 }
 
-struct Walker<'a> {
-    prior: &'a dyn PriorState,
-    emit: &'a mut dyn FnMut(Change) -> Result<()>,
-    unreadable: Vec<Unreadable>,
+/// Compares directories below a starting point with the prior tree. Used
+/// for whole walks, and by snapshot-diff sources for the subtrees a diff
+/// names only by their root (a moved or replaced directory).
+pub struct Walker<'a> {
+    pub prior: &'a dyn PriorState,
+    pub emit: &'a mut dyn FnMut(Change) -> Result<()>,
+    pub unreadable: Vec<Unreadable>,
 }
 
 impl Walker<'_> {
-    fn removed_tree(&mut self, p: PriorEntry) -> Result<()> {
+    /// Emit the removal of a prior entry and, for a directory, of everything below it.
+    pub fn removed_tree(&mut self, p: PriorEntry) -> Result<()> {
         let is_dir = p.meta.ftype == FileType::Dir;
         let path = p.path.clone();
         (self.emit)(Change { path: p.path, kind: ChangeKind::Removed, meta: None })?;
@@ -78,8 +82,10 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn walk(&mut self, root: Dir) -> Result<()> {
-        let mut stack: Vec<(Dir, RelPath)> = vec![(root, Vec::new())];
+    /// Compare everything below `dir` (at `path`) with the prior tree. The
+    /// directory itself is the caller's to compare.
+    pub fn walk_below(&mut self, dir: Dir, path: RelPath) -> Result<()> {
+        let mut stack: Vec<(Dir, RelPath)> = vec![(dir, path)];
         while let Some((dir, path)) = stack.pop() {
             let names = match dir.entry_names() {
                 Ok(n) => n,
@@ -179,7 +185,7 @@ impl ChangeSource for WalkSource {
             emit(Change { path: Vec::new(), kind, meta: Some(root_meta) })?;
         }
         let mut w = Walker { prior, emit, unreadable: Vec::new() };
-        w.walk(root)?;
+        w.walk_below(root, Vec::new())?;
         Ok(ChangeReport { method: "walk".into(), unreadable: w.unreadable })
     }
 
@@ -225,36 +231,9 @@ impl SnapshotReader for DirReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::testutil::{MemPrior, apply};
     use std::collections::HashMap;
     use std::os::unix::fs::symlink;
-
-    /// A prior state held in memory, for testing the walk alone.
-    #[derive(Default)]
-    struct MemPrior(BTreeMap<Vec<u8>, Metadata>);
-
-    impl PriorState for MemPrior {
-        fn entry(&self, path: &[u8]) -> Result<Option<PriorEntry>> {
-            Ok(self.0.get(path).map(|m| PriorEntry { path: path.to_vec(), meta: m.clone() }))
-        }
-        fn children(&self, dir: &[u8]) -> Result<Vec<PriorEntry>> {
-            Ok(self
-                .0
-                .iter()
-                .filter(|(p, _)| !p.is_empty() && split_path(p).0 == dir)
-                .map(|(p, m)| PriorEntry { path: p.clone(), meta: m.clone() })
-                .collect())
-        }
-        fn for_each_below(&self, dir: &[u8], f: &mut dyn FnMut(PriorEntry) -> Result<()>) -> Result<()> {
-            let mut pre = dir.to_vec();
-            pre.push(b'/');
-            for (p, m) in &self.0 {
-                if p.starts_with(&pre) {
-                    f(PriorEntry { path: p.clone(), meta: m.clone() })?;
-                }
-            }
-            Ok(())
-        }
-    }
 
     fn run(root: &Path, prior: &MemPrior) -> HashMap<Vec<u8>, (ChangeKind, Option<Metadata>)> {
         let mut src = WalkSource::new(root, "t".into());
@@ -266,16 +245,6 @@ mod tests {
         })
         .unwrap();
         out
-    }
-
-    fn apply(prior: &mut MemPrior, changes: &HashMap<Vec<u8>, (ChangeKind, Option<Metadata>)>) {
-        for (p, (k, m)) in changes {
-            if *k == ChangeKind::Removed {
-                prior.0.remove(p);
-            } else {
-                prior.0.insert(p.clone(), m.clone().unwrap());
-            }
-        }
     }
 
     #[test]

@@ -4,4 +4,5 @@
 //! Only the stream parser exists so far; the source is not wired into the
 //! CLI yet (`--source btrfs` is refused).
 
+pub mod diff;
 pub mod stream;
