@@ -256,7 +256,7 @@ mod tests {
         let c = assert_diff_is_complete(r, &mut prior, &["o257-5-0", "a", "sym", "o258-5-0"]);
         assert_eq!(c[&b"a/b/c/deep".to_vec()].0, ChangeKind::Removed);
         assert_eq!(c[&b"sym/inside".to_vec()].0, ChangeKind::Added);
-        assert!(!c.contains_key(&b"o257-5-0".to_vec()));
+        assert!(!c.contains_key(b"o257-5-0".as_slice()));
     }
 
     #[test]
