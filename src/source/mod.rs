@@ -76,6 +76,11 @@ pub trait ChangeSource {
         emit: &mut dyn FnMut(Change) -> Result<()>,
     ) -> Result<ChangeReport>;
     fn reader(&self, snap: &SnapshotRef) -> Result<Box<dyn SnapshotReader>>;
+    /// What the source passed over and why (a writable snapshot, say): the
+    /// run reports these and fails, so nothing is skipped silently.
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]
