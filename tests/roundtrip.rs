@@ -161,64 +161,6 @@ fn restore_refuses_a_non_empty_target_and_restores_single_paths() {
     assert_eq!(std::fs::read(single.join("dir/sub/hardlink2")).unwrap(), b"hello\n");
 }
 
-/// Apply one random mutation of a kind chosen by `rng`.
-fn mutate(root: &Path, rng: &mut Rng, step: usize) {
-    let files: Vec<_> = files_under(root).into_iter().filter(|p| p.symlink_metadata().unwrap().is_file()).collect();
-    let pick = |rng: &mut Rng| files[rng.below(files.len() as u64) as usize].clone();
-    match rng.below(9) {
-        0 => {
-            let n = rng.below(300_000) as usize;
-            std::fs::write(root.join(format!("new-{step}-{}", rng.next() % 1000)), rng.bytes(n)).unwrap()
-        }
-        1 if !files.is_empty() => {
-            let p = pick(rng);
-            let mut data = std::fs::read(&p).unwrap();
-            let at = rng.below(data.len() as u64 + 1) as usize;
-            data.splice(at..at, rng.bytes(10));
-            std::fs::write(&p, data).unwrap();
-        }
-        2 if files.len() > 3 => std::fs::remove_file(pick(rng)).unwrap(),
-        3 if !files.is_empty() => {
-            let p = pick(rng);
-            std::fs::rename(&p, root.join(format!("renamed-{step}"))).unwrap();
-        }
-        4 if !files.is_empty() => {
-            std::fs::set_permissions(pick(rng), std::fs::Permissions::from_mode(0o600 | (rng.below(8) as u32) << 3))
-                .unwrap()
-        }
-        5 => {
-            let d = root.join(format!("dir-{step}/inner"));
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(d.join("f"), rng.bytes(5000)).unwrap();
-            symlink("f", d.join("l")).unwrap();
-        }
-        6 => {
-            // Remove a whole directory tree.
-            if let Some(d) = std::fs::read_dir(root)
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dir-")))
-            {
-                std::fs::remove_dir_all(d).unwrap();
-            }
-        }
-        7 if !files.is_empty() => {
-            let p = pick(rng);
-            let _ = std::fs::hard_link(&p, root.join(format!("link-{step}")));
-        }
-        8 if !files.is_empty() => {
-            // Truncate.
-            let p = pick(rng);
-            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-            f.set_len(rng.below(100)).unwrap();
-        }
-        _ => {
-            let _ = set_xattr(&root.join("base"), "user.step", format!("{step}").as_bytes());
-        }
-    }
-}
-
 #[test]
 fn ten_randomized_snapshots_each_restore_exactly() {
     let seed = seed_from_env_or_time();
@@ -235,7 +177,7 @@ fn ten_randomized_snapshots_each_restore_exactly() {
     let mut expected = Vec::new();
     for step in 0..10 {
         for _ in 0..1 + rng.below(4) {
-            mutate(&src, &mut rng, step);
+            mutate_tree(&src, &mut rng, step);
         }
         let label = format!("s{step}");
         env.backup("rand", &src, &label);

@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 
 use n2s_agent::fsx::Dir;
 use n2s_agent::model::{FileType, display_path, join_path};
+use std::os::unix::fs::{PermissionsExt, symlink};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_n2s-agent");
 
@@ -312,4 +313,90 @@ pub fn seed_from_env_or_time() -> u64 {
 
 pub fn os(b: &[u8]) -> &OsStr {
     OsStr::from_bytes(b)
+}
+
+/// Apply one random mutation of a kind chosen by `rng`.
+pub fn mutate_tree(root: &Path, rng: &mut Rng, step: usize) {
+    let files: Vec<_> = files_under(root).into_iter().filter(|p| p.symlink_metadata().unwrap().is_file()).collect();
+    let pick = |rng: &mut Rng| files[rng.below(files.len() as u64) as usize].clone();
+    match rng.below(12) {
+        9 => {
+            // Rename a whole directory: its subtree moves implicitly.
+            if let Some(d) = std::fs::read_dir(root)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dir-")))
+            {
+                std::fs::rename(d, root.join(format!("dir-renamed-{step}-{}", rng.next() % 100_000))).unwrap();
+            }
+        }
+        10 if !files.is_empty() && is_root() => {
+            let p = pick(rng);
+            std::os::unix::fs::chown(p, Some(1000 + rng.below(5) as u32), Some(2000)).unwrap();
+        }
+        11 if !files.is_empty() => {
+            // mtime only: content and size unchanged.
+            let p = pick(rng);
+            let t = rustix::fs::Timespec { tv_sec: 1_000_000_000 + rng.below(1000) as i64, tv_nsec: 0 };
+            let ts = rustix::fs::Timestamps { last_access: t, last_modification: t };
+            rustix::fs::utimensat(rustix::fs::CWD, &p, &ts, rustix::fs::AtFlags::empty()).unwrap();
+        }
+        0 => {
+            let n = rng.below(300_000) as usize;
+            std::fs::write(root.join(format!("new-{step}-{}", rng.next() % 1000)), rng.bytes(n)).unwrap()
+        }
+        1 if !files.is_empty() => {
+            let p = pick(rng);
+            let mut data = std::fs::read(&p).unwrap();
+            let at = rng.below(data.len() as u64 + 1) as usize;
+            data.splice(at..at, rng.bytes(10));
+            std::fs::write(&p, data).unwrap();
+        }
+        2 if files.len() > 3 => std::fs::remove_file(pick(rng)).unwrap(),
+        3 if !files.is_empty() => {
+            let p = pick(rng);
+            std::fs::rename(&p, root.join(format!("renamed-{step}"))).unwrap();
+        }
+        4 if !files.is_empty() => {
+            std::fs::set_permissions(pick(rng), std::fs::Permissions::from_mode(0o600 | (rng.below(8) as u32) << 3))
+                .unwrap()
+        }
+        5 => {
+            let d = root.join(format!("dir-{step}-{}/inner", rng.next() % 100_000));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("f"), rng.bytes(5000)).unwrap();
+            symlink("f", d.join("l")).unwrap();
+        }
+        6 => {
+            // Remove a whole directory tree.
+            if let Some(d) = std::fs::read_dir(root)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dir-")))
+            {
+                std::fs::remove_dir_all(d).unwrap();
+            }
+        }
+        7 if !files.is_empty() => {
+            let p = pick(rng);
+            let _ = std::fs::hard_link(&p, root.join(format!("link-{step}")));
+        }
+        8 if !files.is_empty() => {
+            // Truncate.
+            let p = pick(rng);
+            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            f.set_len(rng.below(100)).unwrap();
+        }
+        _ => {
+            let _ = rustix::fs::lsetxattr(
+                root.join("base"),
+                "user.step",
+                format!("{step}").as_bytes(),
+                rustix::fs::XattrFlags::empty(),
+            )
+            .is_ok();
+        }
+    }
 }

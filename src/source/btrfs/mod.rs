@@ -4,7 +4,9 @@
 //! whose format changes between btrfs-progs releases).
 //!
 //! - A snapshot's identity is its subvolume UUID plus its generation, never
-//!   its name; snapshots are ordered by generation. Only snapshots whose
+//!   its name. Snapshots are ordered by the generation they were made in
+//!   ("Gen at creation"): the current generation of a read-only snapshot
+//!   moves when something snapshots it. Only snapshots whose
 //!   Parent UUID is the dataset's subvolume count, so a flat directory of
 //!   several subvolumes' snapshots (btrbk) works.
 //! - Snapshot directories: snapper's `<dir>/<N>/snapshot` and flat
@@ -33,6 +35,10 @@ pub struct SubvolInfo {
     pub uuid: String,
     pub parent_uuid: Option<String>,
     pub generation: u64,
+    /// The generation the snapshot was made in ("Gen at creation"). Unlike
+    /// `generation`, it never changes: snapshotting a snapshot bumps the
+    /// latter, so order and "newer than" use this one.
+    pub created_gen: u64,
     pub readonly: bool,
 }
 
@@ -49,11 +55,14 @@ pub fn parse_subvol_show(text: &str) -> Result<SubvolInfo> {
     let uuid = get("UUID")?;
     let parent = get("Parent UUID")?;
     let generation = get("Generation")?.parse().context("`btrfs subvolume show` printed a bad Generation")?;
+    let created_gen =
+        get("Gen at creation")?.parse().context("`btrfs subvolume show` printed a bad Gen at creation")?;
     let flags = get("Flags")?;
     Ok(SubvolInfo {
         uuid,
         parent_uuid: (parent != "-").then_some(parent),
         generation,
+        created_gen,
         readonly: flags.split(|c: char| c == ',' || c.is_whitespace()).any(|f| f == "readonly"),
     })
 }
@@ -131,10 +140,11 @@ impl BtrfsSource {
             let mut identity = BTreeMap::new();
             identity.insert("uuid".to_string(), info.uuid.clone());
             identity.insert("generation".to_string(), info.generation.to_string());
+            identity.insert("created_gen".to_string(), info.created_gen.to_string());
             let r = SnapshotRef { name: name.to_string_lossy().into_owned(), identity, root: path };
             out.push(Snap { r, info });
         }
-        out.sort_by(|a, b| a.info.generation.cmp(&b.info.generation).then(a.r.name.cmp(&b.r.name)));
+        out.sort_by(|a, b| a.info.created_gen.cmp(&b.info.created_gen).then(a.r.name.cmp(&b.r.name)));
         Ok(out)
     }
 
@@ -169,7 +179,9 @@ impl ChangeSource for BtrfsSource {
 
     fn new_snapshots(&mut self, last: Option<(&str, &BTreeMap<String, String>)>) -> Result<Vec<SnapshotRef>> {
         let all = self.list()?;
-        let last_gen: Option<u64> = last.and_then(|(_, id)| id.get("generation")).and_then(|g| g.parse().ok());
+        let last_gen: Option<u64> = last
+            .and_then(|(_, id)| id.get("created_gen").or_else(|| id.get("generation")))
+            .and_then(|g| g.parse().ok());
         let last_uuid = last.and_then(|(_, id)| id.get("uuid").cloned());
         self.base = None;
         self.base_missing = None;
@@ -185,7 +197,7 @@ impl ChangeSource for BtrfsSource {
         }
         let mut out = Vec::new();
         for s in all {
-            if last_gen.is_some_and(|g| s.info.generation <= g) {
+            if last_gen.is_some_and(|g| s.info.created_gen <= g) {
                 continue;
             }
             if !s.info.readonly {
