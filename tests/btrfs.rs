@@ -217,3 +217,44 @@ fn snapshotting_a_backed_up_snapshot_does_not_confuse_the_next_run() {
     assert_eq!(list["changesets"][1]["method"], "send");
     restore_and_compare(&env, &s2, "s2");
 }
+
+#[test]
+fn take_snapshot_and_the_default_snapper_layout() {
+    let Some(fs) = LoopBtrfs::make() else { return };
+    let vol = fs.vol();
+    std::fs::write(vol.join("a"), b"one").unwrap();
+    let env = Env::new();
+    env.init();
+    // snapper's layout: <subvol>/.snapshots/<N>/snapshot, found with no --snapshot-dir.
+    std::fs::create_dir_all(vol.join(".snapshots/1")).unwrap();
+    run_ok(
+        Command::new("btrfs").args(["subvolume", "snapshot", "-r"]).arg(&vol).arg(vol.join(".snapshots/1/snapshot")),
+    );
+    let backup = |extra: &[&str]| {
+        env.cmd()
+            .args(["backup", "--dataset", "vol", "--source", "btrfs", "--path"])
+            .arg(&vol)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = backup(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // --take-snapshot makes the next one itself (a flat entry in the same directory).
+    std::fs::write(vol.join("b"), b"two").unwrap();
+    let out = backup(&["--take-snapshot", "--snapshot", "taken"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list = env.list_json("vol");
+    let cs = list["changesets"].as_array().unwrap();
+    assert_eq!(cs.len(), 2, "{list}");
+    assert_eq!(cs[0]["snapshot"], "1");
+    assert_eq!(cs[1]["snapshot"], "taken");
+    assert_eq!(cs[1]["method"], "send");
+    restore_and_compare(&env, &vol.join(".snapshots/taken"), "taken");
+    // The nested snapper subvolume inside it is a dataset of its own: left out.
+    assert!(!env.path("restored-taken/.snapshots/1/snapshot").exists());
+    // The same name twice is refused with a clear message.
+    let out = backup(&["--take-snapshot", "--snapshot", "taken"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+}

@@ -30,9 +30,14 @@ pub struct BackupArgs {
     /// For btrfs: where the read-only snapshots live.
     #[arg(long)]
     pub snapshot_dir: Option<PathBuf>,
-    /// For walk: the label of this run (default: a UTC timestamp).
+    /// For walk: the label of this run (default: a UTC timestamp). With
+    /// --take-snapshot: the name of the snapshot to make.
     #[arg(long)]
     pub snapshot: Option<String>,
+    /// For btrfs: make a read-only snapshot in the snapshot directory first
+    /// (for hosts without snapper or btrbk), then back up.
+    #[arg(long)]
+    pub take_snapshot: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -163,6 +168,13 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
     let mut errors = Vec::new();
     for d in &specs {
         let result = make_source(&ctx, d, a.snapshot.as_deref()).and_then(|mut src| {
+            if a.take_snapshot {
+                let name = a
+                    .snapshot
+                    .clone()
+                    .unwrap_or_else(|| crate::util::utc_timestamp(crate::util::now()).replace(':', ""));
+                src.take_snapshot(&name)?;
+            }
             let done = backup_dataset(&ctx.repo, &ctx.state, &d.name, src.as_mut(), &opts)?;
             Ok((done, src.problems()))
         });

@@ -76,6 +76,10 @@ pub trait ChangeSource {
         emit: &mut dyn FnMut(Change) -> Result<()>,
     ) -> Result<ChangeReport>;
     fn reader(&self, snap: &SnapshotRef) -> Result<Box<dyn SnapshotReader>>;
+    /// Make a new read-only snapshot named `name` now (`backup --take-snapshot`).
+    fn take_snapshot(&mut self, name: &str) -> Result<SnapshotRef> {
+        anyhow::bail!("the {} source cannot take snapshots (asked for {name:?})", self.kind())
+    }
     /// What the source passed over and why (a writable snapshot, say): the
     /// run reports these and fails, so nothing is skipped silently.
     fn problems(&self) -> Vec<String> {

@@ -19,11 +19,18 @@ pub struct WalkSource {
     path: PathBuf,
     /// Label of this run (the "snapshot name").
     label: String,
+    skip: Option<fn(&Metadata) -> bool>,
 }
 
 impl WalkSource {
     pub fn new(path: &Path, label: String) -> WalkSource {
-        WalkSource { path: path.to_path_buf(), label }
+        WalkSource { path: path.to_path_buf(), label, skip: None }
+    }
+
+    /// Treat entries for which `skip` holds as absent.
+    pub fn with_skip(mut self, skip: fn(&Metadata) -> bool) -> WalkSource {
+        self.skip = Some(skip);
+        self
     }
 }
 
@@ -66,6 +73,9 @@ pub struct Walker<'a> {
     pub prior: &'a dyn PriorState,
     pub emit: &'a mut dyn FnMut(Change) -> Result<()>,
     pub unreadable: Vec<Unreadable>,
+    /// Entries that are not part of the dataset (a nested btrfs
+    /// subvolume's stub): treated as absent.
+    pub skip: Option<fn(&Metadata) -> bool>,
 }
 
 impl Walker<'_> {
@@ -116,6 +126,12 @@ impl Walker<'_> {
                         continue;
                     }
                 };
+                if self.skip.is_some_and(|f| f(&meta)) {
+                    if let Some(p) = prior {
+                        self.removed_tree(p)?;
+                    }
+                    continue;
+                }
                 let kind = match &prior {
                     None => Some(ChangeKind::Added),
                     Some(p) => classify(&p.meta, &meta),
@@ -184,7 +200,7 @@ impl ChangeSource for WalkSource {
         if let Some(kind) = kind {
             emit(Change { path: Vec::new(), kind, meta: Some(root_meta) })?;
         }
-        let mut w = Walker { prior, emit, unreadable: Vec::new() };
+        let mut w = Walker { prior, emit, unreadable: Vec::new(), skip: self.skip };
         w.walk_below(root, Vec::new())?;
         Ok(ChangeReport { method: "walk".into(), unreadable: w.unreadable })
     }

@@ -200,6 +200,12 @@ pub fn describe(root: &Path) -> BTreeMap<Vec<u8>, Seen> {
         for name in dir.entry_names().expect("list") {
             let p = join_path(&path, &name);
             let m = dir.metadata_of(&name).expect("stat");
+            if m.ftype == FileType::Dir && m.ino == 2 {
+                // A nested btrfs subvolume's stub in a snapshot: not part of
+                // the dataset, never backed up (only a file system root has
+                // inode 2 elsewhere, and it is never a child).
+                continue;
+            }
             let content = (m.ftype == FileType::File).then(|| {
                 let mut f = dir.open_file(&name).expect("open");
                 let mut h = blake3::Hasher::new();

@@ -97,7 +97,7 @@ pub fn changes_for_paths(
     }
     candidates.extend(links);
 
-    let mut walker = Walker { prior, emit, unreadable: Vec::new() };
+    let mut walker = Walker { prior, emit, unreadable: Vec::new(), skip: Some(super::is_nested_subvolume_stub) };
     // Subtrees already compared (or removed) as a whole.
     let mut covered: BTreeSet<RelPath> = BTreeSet::new();
     for path in candidates {
@@ -105,7 +105,7 @@ pub fn changes_for_paths(
             continue;
         }
         let new = match stat_at(root, &path) {
-            Ok(m) => m,
+            Ok(m) => m.filter(|m| !super::is_nested_subvolume_stub(m)),
             Err(e) => {
                 walker.unreadable.push(Unreadable { path, error: format!("cannot stat: {e}") });
                 continue;

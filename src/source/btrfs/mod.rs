@@ -90,6 +90,13 @@ fn looks_like_subvolume(p: &Path) -> bool {
     rustix::fs::lstat(p).is_ok_and(|st| st.st_ino == 256 && (st.st_mode & libc::S_IFMT) == libc::S_IFDIR)
 }
 
+/// Inside a snapshot, a nested subvolume is an empty directory with inode
+/// 2 (BTRFS_EMPTY_SUBVOL_DIR_OBJECTID). Nested subvolumes (snapper's
+/// `.snapshots` among them) are datasets of their own: never backed up here.
+pub fn is_nested_subvolume_stub(m: &crate::model::Metadata) -> bool {
+    m.ftype == crate::model::FileType::Dir && m.ino == 2
+}
+
 #[derive(Clone, Debug)]
 struct Snap {
     r: SnapshotRef,
@@ -250,7 +257,7 @@ impl ChangeSource for BtrfsSource {
         // A first backup, or a fallback: walk the snapshot against the catalog.
         // (If a send failed part-way, the rows it emitted are replaced by the
         // walk's for the same paths.)
-        let mut walk = WalkSource::new(&snap.root, snap.name.clone());
+        let mut walk = WalkSource::new(&snap.root, snap.name.clone()).with_skip(is_nested_subvolume_stub);
         let report = walk.changes(prior, snap, emit)?;
         self.base = Some(this);
         self.base_missing = None;
@@ -268,6 +275,39 @@ impl ChangeSource for BtrfsSource {
 
     fn problems(&self) -> Vec<String> {
         self.problems.clone()
+    }
+
+    fn take_snapshot(&mut self, name: &str) -> Result<SnapshotRef> {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            bail!("cannot name a snapshot {name:?}: use a plain name without '/'");
+        }
+        std::fs::create_dir_all(&self.snapshot_dir)
+            .with_context(|| format!("cannot create snapshot directory {}", self.snapshot_dir.display()))?;
+        let to = self.snapshot_dir.join(name);
+        if to.exists() {
+            bail!("{} already exists: choose another --snapshot name", to.display());
+        }
+        let out = Command::new("btrfs")
+            .args(["subvolume", "snapshot", "-r"])
+            .arg(&self.subvol)
+            .arg(&to)
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run `btrfs` (install btrfs-progs)")?;
+        if !out.status.success() {
+            bail!(
+                "cannot snapshot {} to {}: {}",
+                self.subvol.display(),
+                to.display(),
+                String::from_utf8_lossy(&out.stderr).trim().replace('\n', " ")
+            );
+        }
+        log::info!("made read-only snapshot {}", to.display());
+        let info = subvol_show(&to)?;
+        let mut identity = BTreeMap::new();
+        identity.insert("uuid".to_string(), info.uuid);
+        identity.insert("generation".to_string(), info.generation.to_string());
+        Ok(SnapshotRef { name: name.to_string(), identity, root: to })
     }
 }
 
