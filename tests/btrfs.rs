@@ -258,3 +258,22 @@ fn take_snapshot_and_the_default_snapper_layout() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_base_snapshot_made_writable_falls_back_to_a_walk() {
+    let Some(fs) = LoopBtrfs::make() else { return };
+    std::fs::write(fs.vol().join("a"), b"one").unwrap();
+    let env = Env::new();
+    env.init();
+    let s1 = fs.snapshot("s1");
+    assert!(btrfs_backup(&env, &fs).status.success());
+    run_ok(Command::new("btrfs").args(["property", "set", "-ts"]).arg(&s1).args(["ro", "false"]));
+    std::fs::write(fs.vol().join("b"), b"two").unwrap();
+    let s2 = fs.snapshot("s2");
+    let out = btrfs_backup(&env, &fs);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list = env.list_json("vol");
+    let method = list["changesets"][1]["method"].as_str().unwrap().to_string();
+    assert!(method.contains("fallback") && method.contains("not read-only"), "{method}");
+    restore_and_compare(&env, &s2, "s2");
+}
