@@ -12,6 +12,12 @@ Kinds:
               earlier files (so compression and dedup both matter).
   many        --files N small files of 1-8 KiB, mostly text, some random,
               some duplicates, ~500 files per directory.
+  changes     edit an EXISTING tree under --out in place: --modify M files
+              get new bytes (half overwritten in the middle, half appended
+              to), --add A new 1-8 KiB text files appear in existing
+              directories and --delete D other files are removed. Which files,
+              and the new bytes, depend only on --seed and the tree's sorted
+              file list, so the same tree always gets the same edits.
 """
 
 import argparse
@@ -154,15 +160,78 @@ def generate(kind: str, files: int, size_mb: float, seed: int, out: str) -> dict
     return stats
 
 
+def list_tree(root: str):
+    """Every regular file and every directory under root, sorted."""
+    files, dirs = [], []
+    for d, subdirs, names in os.walk(root):
+        subdirs.sort()
+        dirs.append(d)
+        for n in sorted(names):
+            p = os.path.join(d, n)
+            if os.path.isfile(p) and not os.path.islink(p):
+                files.append(p)
+    return sorted(files), sorted(dirs)
+
+
+def apply_changes(root: str, modify: int, add: int, delete: int, seed: int) -> dict:
+    """Deterministic edits of an existing tree (see --kind changes)."""
+    rng = random.Random(f"changes:{seed}")
+    corpus = make_corpus(rng, 2000)
+    avg_len = sum(len(s) for s in corpus) / len(corpus)
+    files, dirs = list_tree(root)
+    if modify + delete > len(files):
+        raise SystemExit(f"bench-data: --modify + --delete = {modify + delete} but {root} holds {len(files)} files")
+    picked = rng.sample(files, modify + delete)
+    stats = {"kind": "changes", "seed": seed, "files_before": len(files),
+             "modified": 0, "added": 0, "deleted": 0, "bytes_written": 0}
+    for i, path in enumerate(picked[:modify]):
+        tag = f"changes:{seed}:mod:{i}".encode()
+        n = rng.randint(64, 1024)
+        data = random_bytes(tag, n)
+        if i % 2 == 0:  # overwrite bytes in the middle; the size stays the same
+            size = os.path.getsize(path)
+            with open(path, "r+b") as f:
+                f.seek(rng.randrange(max(1, size - n)) if size > n else 0)
+                f.write(data)
+        else:  # append
+            with open(path, "ab") as f:
+                f.write(data)
+        stats["modified"] += 1
+        stats["bytes_written"] += n
+    for path in picked[modify:]:
+        os.unlink(path)
+        stats["deleted"] += 1
+    leaf_dirs = [d for d in dirs if d != root] or [root]
+    for i in range(add):
+        d = leaf_dirs[rng.randrange(len(leaf_dirs))]
+        path = os.path.join(d, "new%05d.log" % i)
+        data = text_bytes(rng, corpus, avg_len, rng.randint(1024, 8192))
+        with open(path, "xb") as f:
+            f.write(data)
+        stats["added"] += 1
+        stats["bytes_written"] += len(data)
+    return stats
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kind", choices=("throughput", "many"), required=True)
-    p.add_argument("--files", type=int, required=True)
+    p.add_argument("--kind", choices=("throughput", "many", "changes"), required=True)
+    p.add_argument("--files", type=int, help="number of files (throughput, many)")
     p.add_argument("--size-mb", type=float, default=0, help="total size in MiB (throughput only)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", required=True)
+    p.add_argument("--modify", type=int, default=50, help="files to modify (changes only)")
+    p.add_argument("--add", type=int, default=25, help="files to add (changes only)")
+    p.add_argument("--delete", type=int, default=25, help="files to delete (changes only)")
     a = p.parse_args()
-    if a.files < 1:
+    if a.kind == "changes":
+        if min(a.modify, a.add, a.delete) < 0:
+            p.error("--modify, --add and --delete must be >= 0")
+        if not os.path.isdir(a.out):
+            p.error(f"--out {a.out} is not an existing directory (--kind changes edits a tree)")
+        print(json.dumps(apply_changes(a.out, a.modify, a.add, a.delete, a.seed)))
+        return 0
+    if a.files is None or a.files < 1:
         p.error("--files must be >= 1")
     if a.kind == "throughput" and a.size_mb <= 0:
         p.error("--size-mb must be > 0 for --kind throughput")

@@ -4,6 +4,7 @@
 //! reaches it through the small `PriorState` trait.
 
 pub mod btrfs;
+pub mod named;
 pub mod walk;
 
 use anyhow::Result;

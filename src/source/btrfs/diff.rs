@@ -1,23 +1,11 @@
-//! From a send stream to changes: the stream names paths (orphan names,
-//! both ends of renames and links, every inode whose content or metadata
-//! changed), and each named path is then compared between the new
-//! read-only snapshot and the prior tree.
-//!
-//! Why not replay the stream? A directory rename is one command whose
-//! subtree is only implied, a removed tree goes through orphan renames, and
-//! a hardlinked inode is named by one of its paths only. Comparing the
-//! named paths' final state with the prior tree handles all of these with
-//! one rule, and anything the stream names that no longer exists (orphan
-//! names) simply compares as absent on both sides.
+//! From a send stream to the paths it names (orphan names, both ends of
+//! renames and links, every inode whose content or metadata changed); the
+//! comparison of those paths is `source::named`.
 
-use anyhow::Result;
 use std::collections::BTreeSet;
 
 use super::stream::Op;
-use crate::fsx::Dir;
-use crate::model::{Change, ChangeKind, FileType, Metadata, RelPath, split_path};
-use crate::source::walk::{Walker, classify};
-use crate::source::{PriorState, Unreadable};
+use crate::model::RelPath;
 
 /// Every path a stream names.
 pub fn candidate_paths(ops: &[Op]) -> BTreeSet<RelPath> {
@@ -47,124 +35,13 @@ pub fn candidate_paths(ops: &[Op]) -> BTreeSet<RelPath> {
     out
 }
 
-/// The metadata of `path` in the snapshot, or `None` when it does not exist
-/// there (including when a component is no longer a directory).
-pub fn stat_at(root: &Dir, path: &[u8]) -> std::io::Result<Option<Metadata>> {
-    let gone =
-        |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP));
-    if path.is_empty() {
-        return root.metadata_self().map(Some);
-    }
-    let (parent, name) = split_path(path);
-    let dir = match root.open_beneath(parent) {
-        Ok(d) => d,
-        Err(e) if gone(&e) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    match dir.metadata_of(name) {
-        Ok(m) => Ok(Some(m)),
-        Err(e) if gone(&e) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-fn is_below(path: &[u8], root: &[u8]) -> bool {
-    root.is_empty() && !path.is_empty() || path.len() > root.len() && path.starts_with(root) && path[root.len()] == b'/'
-}
-
-/// Compare every candidate path (and every other link of a hardlinked inode
-/// among them) between the snapshot at `root` and the prior tree, emitting
-/// one change per path that differs. Returns what could not be examined.
-pub fn changes_for_paths(
-    prior: &dyn PriorState,
-    root: &Dir,
-    mut candidates: BTreeSet<RelPath>,
-    emit: &mut dyn FnMut(Change) -> Result<()>,
-) -> Result<Vec<Unreadable>> {
-    // A parent's mtime changes with its entries. The stream says so with a
-    // utimes, but checking the parent costs one stat, so check it anyway.
-    let parents: Vec<RelPath> = candidates.iter().filter(|p| !p.is_empty()).map(|p| split_path(p).0.to_vec()).collect();
-    candidates.extend(parents);
-    let mut links = Vec::new();
-    for p in &candidates {
-        let before = prior.entry(p)?.map(|e| e.meta);
-        let after = stat_at(root, p).ok().flatten();
-        for m in before.iter().chain(after.iter()) {
-            if m.ftype == FileType::File && m.nlink > 1 {
-                links.extend(prior.hardlinks_of(m.ino)?.into_iter().map(|e| e.path));
-            }
-        }
-    }
-    candidates.extend(links);
-
-    let mut walker = Walker { prior, emit, unreadable: Vec::new(), skip: Some(super::is_nested_subvolume_stub) };
-    // Subtrees already compared (or removed) as a whole.
-    let mut covered: BTreeSet<RelPath> = BTreeSet::new();
-    for path in candidates {
-        if covered.iter().any(|c| is_below(&path, c)) {
-            continue;
-        }
-        let new = match stat_at(root, &path) {
-            Ok(m) => m.filter(|m| !super::is_nested_subvolume_stub(m)),
-            Err(e) => {
-                walker.unreadable.push(Unreadable { path, error: format!("cannot stat: {e}") });
-                continue;
-            }
-        };
-        let old = prior.entry(&path)?;
-        match (old, new) {
-            (None, None) => {}
-            (Some(o), None) => {
-                walker.removed_tree(o)?;
-                covered.insert(path);
-            }
-            (None, Some(n)) => {
-                let is_dir = n.ftype == FileType::Dir;
-                (walker.emit)(Change { path: path.clone(), kind: ChangeKind::Added, meta: Some(n) })?;
-                if is_dir {
-                    walk_subtree(&mut walker, root, &path)?;
-                    covered.insert(path);
-                }
-            }
-            (Some(o), Some(n)) => {
-                // btrfs keeps inode numbers across snapshots of one
-                // subvolume: a new number at a path is a new object.
-                let replaced = o.meta.ftype != n.ftype || o.meta.ino != n.ino;
-                if o.meta.ftype == FileType::Dir && n.ftype != FileType::Dir {
-                    let emit = &mut *walker.emit;
-                    prior.for_each_below(&path, &mut |e| {
-                        emit(Change { path: e.path, kind: ChangeKind::Removed, meta: None })
-                    })?;
-                }
-                let kind = classify(&o.meta, &n).or(replaced.then_some(ChangeKind::Modified));
-                let is_dir = n.ftype == FileType::Dir;
-                if let Some(kind) = kind {
-                    (walker.emit)(Change { path: path.clone(), kind, meta: Some(n) })?;
-                }
-                if is_dir && replaced {
-                    walk_subtree(&mut walker, root, &path)?;
-                    covered.insert(path);
-                }
-            }
-        }
-    }
-    Ok(walker.unreadable)
-}
-
-fn walk_subtree(walker: &mut Walker, root: &Dir, path: &[u8]) -> Result<()> {
-    match root.open_beneath(path) {
-        Ok(d) => walker.walk_below(d, path.to_vec()),
-        Err(e) => {
-            walker.unreadable.push(Unreadable { path: path.to_vec(), error: format!("cannot open: {e}") });
-            Ok(())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fsx::Dir;
+    use crate::model::{ChangeKind, Metadata};
     use crate::source::ChangeSource;
+    use crate::source::named::changes_for_paths;
     use crate::source::testutil::{MemPrior, apply};
     use crate::source::walk::WalkSource;
     use std::collections::HashMap;
@@ -188,7 +65,7 @@ mod tests {
         let cands: BTreeSet<RelPath> = names.iter().map(|n| n.as_bytes().to_vec()).collect();
         let dir = Dir::open(root).unwrap();
         let mut out = HashMap::new();
-        let bad = changes_for_paths(prior, &dir, cands, &mut |c| {
+        let bad = changes_for_paths(prior, &dir, cands, Some(super::super::is_nested_subvolume_stub), &mut |c| {
             assert!(out.insert(c.path.clone(), (c.kind, c.meta)).is_none(), "path emitted twice");
             Ok(())
         })
@@ -291,7 +168,10 @@ mod real_btrfs_tests {
     //! CI=true they must be there (the test fails loudly); elsewhere it says
     //! it skipped.
     use super::*;
+    use crate::fsx::Dir;
+    use crate::model::{ChangeKind, Metadata};
     use crate::source::ChangeSource;
+    use crate::source::named::changes_for_paths;
     use crate::source::testutil::{MemPrior, apply};
     use crate::source::walk::WalkSource;
     use std::collections::HashMap;
@@ -477,10 +357,16 @@ mod real_btrfs_tests {
             let ops = super::super::stream::read_ops(&out.stdout[..]).unwrap();
             let dir = Dir::open(&cur).unwrap();
             let mut changes = HashMap::new();
-            let bad = changes_for_paths(&prior, &dir, candidate_paths(&ops), &mut |c| {
-                changes.insert(c.path.clone(), (c.kind, c.meta));
-                Ok(())
-            })
+            let bad = changes_for_paths(
+                &prior,
+                &dir,
+                candidate_paths(&ops),
+                Some(super::super::is_nested_subvolume_stub),
+                &mut |c| {
+                    changes.insert(c.path.clone(), (c.kind, c.meta));
+                    Ok(())
+                },
+            )
             .unwrap();
             assert!(bad.is_empty(), "step {step}: {bad:?} (seed {seed})");
             apply(&mut prior, &changes);

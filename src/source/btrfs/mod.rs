@@ -175,7 +175,7 @@ impl BtrfsSource {
         }
         let ops = stream::read_ops(&out.stdout[..])?;
         let root = Dir::open(&snap.root).with_context(|| format!("cannot open snapshot {}", snap.root.display()))?;
-        diff::changes_for_paths(prior, &root, diff::candidate_paths(&ops), emit)
+        super::named::changes_for_paths(prior, &root, diff::candidate_paths(&ops), Some(is_nested_subvolume_stub), emit)
     }
 }
 
