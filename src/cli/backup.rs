@@ -69,6 +69,8 @@ fn dataset_specs(ctx: &Ctx, a: &BackupArgs) -> Result<Vec<DatasetConfig>> {
                 path: a.path.clone().or(base.as_ref().and_then(|b| b.path.clone())),
                 zfs_dataset: a.zfs_dataset.clone().or(base.as_ref().and_then(|b| b.zfs_dataset.clone())),
                 snapshot_dir: a.snapshot_dir.clone().or(base.as_ref().and_then(|b| b.snapshot_dir.clone())),
+                holds: base.as_ref().and_then(|b| b.holds),
+                diff_timeout_secs: base.as_ref().and_then(|b| b.diff_timeout_secs),
             }])
         }
     }
@@ -122,10 +124,7 @@ fn make_source(ctx: &Ctx, d: &DatasetConfig, label: Option<&str>) -> Result<Box<
             })?;
             Ok(Box::new(BtrfsSource::new(&path, d.snapshot_dir.as_deref())))
         }
-        SourceKind::Zfs => anyhow::bail!(
-            "dataset {:?}: the zfs source is not available in this build yet; use --source walk on the snapshot directory",
-            d.name
-        ),
+        SourceKind::Zfs => zfs_source(d),
     }
 }
 
@@ -219,4 +218,29 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
         );
     }
     super::ok()
+}
+
+#[cfg(feature = "zfs")]
+fn zfs_source(d: &DatasetConfig) -> Result<Box<dyn ChangeSource>> {
+    let zfs_dataset = match (&d.zfs_dataset, d.name.contains('/')) {
+        (Some(z), _) => z.clone(),
+        (None, true) => d.name.clone(),
+        (None, false) => {
+            return Err(UsageError(format!(
+                "dataset {:?}: give its ZFS dataset with --zfs-dataset POOL/FS (or name the dataset POOL/FS)",
+                d.name
+            ))
+            .into());
+        }
+    };
+    let timeout = std::time::Duration::from_secs(d.diff_timeout_secs.unwrap_or(3600));
+    Ok(Box::new(crate::source::zfs::ZfsSource::new(&zfs_dataset, d.holds.unwrap_or(true), timeout)))
+}
+
+#[cfg(not(feature = "zfs"))]
+fn zfs_source(d: &DatasetConfig) -> Result<Box<dyn ChangeSource>> {
+    anyhow::bail!(
+        "dataset {:?} is a ZFS dataset, but this n2s-agent was built without ZFS support: rebuild with the `zfs` cargo feature (on by default)",
+        d.name
+    )
 }

@@ -26,6 +26,12 @@ pub struct DatasetConfig {
     pub path: Option<PathBuf>,
     pub zfs_dataset: Option<String>,
     pub snapshot_dir: Option<PathBuf>,
+    /// zfs: hold the last backed-up snapshot so pruners keep the diff base
+    /// (default true).
+    pub holds: Option<bool>,
+    /// zfs: give up on `zfs diff` after this many seconds and walk the
+    /// snapshot instead (default 3600).
+    pub diff_timeout_secs: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -31,8 +31,10 @@ pub fn run(g: &GlobalArgs, a: StatusArgs) -> Result<ExitCode> {
             Some(o) => cat.count_pending(o.id)?,
             None => 0,
         };
+        let holds = held_snapshots(&ctx, &ds);
         datasets.push(serde_json::json!({
             "dataset": ds,
+            "holds": holds,
             "changesets": all.len(),
             "last_seen": last_seen.map(|c| c.snapshot.clone()),
             "last_backed_up": last_done.as_ref().map(|c| c.snapshot.clone()),
@@ -67,6 +69,10 @@ pub fn run(g: &GlobalArgs, a: StatusArgs) -> Result<ExitCode> {
             d["last_seen"].as_str().unwrap_or("-"),
             d["changesets"]
         );
+        if let Some(h) = d["holds"].as_array().filter(|h| !h.is_empty()) {
+            let names: Vec<&str> = h.iter().filter_map(|v| v.as_str()).collect();
+            println!("  held snapshots (diff base, kept from pruners): {}", names.join(", "));
+        }
         if let Some(u) = d["unfinished"].as_object() {
             println!(
                 "  unfinished: changeset {} (snapshot {}) is {}, {} files pending; the next backup resumes it",
@@ -78,4 +84,26 @@ pub fn run(g: &GlobalArgs, a: StatusArgs) -> Result<ExitCode> {
         }
     }
     super::ok()
+}
+
+/// For a ZFS dataset of the config file: its snapshots holding our tag.
+#[cfg(feature = "zfs")]
+fn held_snapshots(ctx: &Ctx, dataset: &str) -> Option<Vec<String>> {
+    let d = ctx.settings.file.dataset(dataset)?;
+    if d.source != super::config::SourceKind::Zfs {
+        return None;
+    }
+    let zfs_dataset = d.zfs_dataset.clone().unwrap_or_else(|| d.name.clone());
+    match crate::source::zfs::held_snapshots(&zfs_dataset) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            log::warn!("{dataset}: cannot list holds: {e:#}");
+            None
+        }
+    }
+}
+
+#[cfg(not(feature = "zfs"))]
+fn held_snapshots(_ctx: &Ctx, _dataset: &str) -> Option<Vec<String>> {
+    None
 }

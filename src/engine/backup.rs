@@ -86,6 +86,7 @@ pub fn backup_dataset(
                 }
                 drop(index);
                 let s = finish_changeset(repo, state, &mut catalog, source, &snap, &open, Vec::new(), opts, true)?;
+                source.committed(&snap)?;
                 done.push(s);
             }
             _ => {
@@ -125,6 +126,7 @@ pub fn backup_dataset(
         fault::hit("listed");
         let row = catalog.changeset(row.id)?.context("changeset vanished")?;
         let s = finish_changeset(repo, state, &mut catalog, source, &snap, &row, problems, opts, false)?;
+        source.committed(&snap)?;
         done.push(s);
     }
     Ok(done)

@@ -6,6 +6,8 @@
 pub mod btrfs;
 pub mod named;
 pub mod walk;
+#[cfg(feature = "zfs")]
+pub mod zfs;
 
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -80,6 +82,11 @@ pub trait ChangeSource {
     /// Make a new read-only snapshot named `name` now (`backup --take-snapshot`).
     fn take_snapshot(&mut self, name: &str) -> Result<SnapshotRef> {
         anyhow::bail!("the {} source cannot take snapshots (asked for {name:?})", self.kind())
+    }
+    /// Called once a snapshot's changeset is committed (zfs places its
+    /// hold on the new base here).
+    fn committed(&mut self, _snap: &SnapshotRef) -> Result<()> {
+        Ok(())
     }
     /// What the source passed over and why (a writable snapshot, say): the
     /// run reports these and fails, so nothing is skipped silently.

@@ -1,0 +1,321 @@
+//! The ZFS source (in progress): `zfs diff -FHt` between consecutive
+//! snapshots, read from `<mountpoint>/.zfs/snapshot/<name>/`.
+
+pub mod diff;
+
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::walk::{DirReader, WalkSource};
+use super::{ChangeReport, ChangeSource, PriorState, SnapshotReader, SnapshotRef};
+use crate::fsx::Dir;
+use crate::model::Change;
+
+/// The hold tag placed on the last backed-up snapshot, so pruners such as
+/// sanoid cannot destroy the next diff's base.
+pub const HOLD_TAG: &str = "n2s-agent";
+
+/// One line of `zfs list -Hp -o name,guid,createtxg -t snapshot`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZfsSnapshot {
+    /// The part after `@`.
+    pub name: String,
+    pub guid: String,
+    pub createtxg: u64,
+}
+
+pub fn parse_snapshot_list(dataset: &str, text: &str) -> Result<Vec<ZfsSnapshot>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let [full, guid, txg] = f[..] else {
+            bail!("`zfs list` line {} has {} fields, 3 expected", i + 1, f.len());
+        };
+        let Some((ds, name)) = full.split_once('@') else {
+            bail!("`zfs list` line {}: {full} is not a snapshot", i + 1)
+        };
+        if ds != dataset {
+            continue; // a child dataset's snapshot
+        }
+        let createtxg = txg.parse().with_context(|| format!("`zfs list` line {}: bad createtxg {txg:?}", i + 1))?;
+        out.push(ZfsSnapshot { name: name.to_string(), guid: guid.to_string(), createtxg });
+    }
+    out.sort_by_key(|s| s.createtxg);
+    Ok(out)
+}
+
+fn zfs(args: &[&str]) -> Result<String> {
+    let out = Command::new("zfs")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run `zfs` (install zfsutils-linux)")?;
+    if !out.status.success() {
+        bail!("zfs {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim().replace('\n', " "));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub struct ZfsSource {
+    dataset: String,
+    holds: bool,
+    diff_timeout: Duration,
+    mountpoint: Option<PathBuf>,
+    base: Option<ZfsSnapshot>,
+    base_problem: Option<String>,
+    problems: Vec<String>,
+}
+
+impl ZfsSource {
+    pub fn new(dataset: &str, holds: bool, diff_timeout: Duration) -> ZfsSource {
+        ZfsSource {
+            dataset: dataset.to_string(),
+            holds,
+            diff_timeout,
+            mountpoint: None,
+            base: None,
+            base_problem: None,
+            problems: Vec::new(),
+        }
+    }
+
+    fn mountpoint(&mut self) -> Result<PathBuf> {
+        if let Some(m) = &self.mountpoint {
+            return Ok(m.clone());
+        }
+        let mounted = zfs(&["get", "-Hp", "-o", "value", "mounted", &self.dataset])?;
+        if mounted.trim() != "yes" {
+            bail!(
+                "ZFS dataset {} is not mounted: its snapshots are read through <mountpoint>/.zfs/snapshot",
+                self.dataset
+            );
+        }
+        let mp = zfs(&["get", "-Hp", "-o", "value", "mountpoint", &self.dataset])?.trim().to_string();
+        if !mp.starts_with('/') {
+            bail!("ZFS dataset {} has mountpoint {mp:?}: n2s-agent needs a mounted file system", self.dataset);
+        }
+        let p = PathBuf::from(mp);
+        self.mountpoint = Some(p.clone());
+        Ok(p)
+    }
+
+    fn list(&self) -> Result<Vec<ZfsSnapshot>> {
+        let text = zfs(&[
+            "list",
+            "-Hp",
+            "-d",
+            "1",
+            "-t",
+            "snapshot",
+            "-o",
+            "name,guid,createtxg",
+            "-s",
+            "createtxg",
+            &self.dataset,
+        ])?;
+        parse_snapshot_list(&self.dataset, &text)
+    }
+
+    fn snapshot_ref(&mut self, s: &ZfsSnapshot) -> Result<SnapshotRef> {
+        let root = self.mountpoint()?.join(".zfs/snapshot").join(&s.name);
+        let mut identity = BTreeMap::new();
+        identity.insert("guid".to_string(), s.guid.clone());
+        identity.insert("createtxg".to_string(), s.createtxg.to_string());
+        Ok(SnapshotRef { name: s.name.clone(), identity, root })
+    }
+
+    /// Run `zfs diff -FHt` under the time limit: it can take hours in huge
+    /// busy directories (openzfs #10391).
+    fn run_diff(&self, from: &str, to: &str) -> Result<Vec<u8>> {
+        let mut child = Command::new("zfs")
+            .args(["diff", "-FHt"])
+            .arg(format!("{}@{from}", self.dataset))
+            .arg(format!("{}@{to}", self.dataset))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run `zfs diff`")?;
+        let mut stdout = child.stdout.take().context("no stdout")?;
+        let reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            stdout.read_to_end(&mut buf).map(|_| buf)
+        });
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let out = reader.join().map_err(|_| anyhow::anyhow!("zfs diff reader panicked"))??;
+                if !status.success() {
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    bail!("zfs diff failed: {}", err.trim().replace('\n', " "));
+                }
+                return Ok(out);
+            }
+            if start.elapsed() > self.diff_timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("zfs diff took longer than {}s", self.diff_timeout.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl ChangeSource for ZfsSource {
+    fn kind(&self) -> &'static str {
+        "zfs"
+    }
+
+    fn new_snapshots(&mut self, last: Option<(&str, &BTreeMap<String, String>)>) -> Result<Vec<SnapshotRef>> {
+        let all = self.list()?;
+        self.base = None;
+        self.base_problem = None;
+        let mut after_txg = 0;
+        if let Some((name, id)) = last {
+            let guid = id.get("guid").cloned().unwrap_or_default();
+            after_txg = id.get("createtxg").and_then(|t| t.parse().ok()).unwrap_or(0);
+            match all.iter().find(|s| s.name == name) {
+                Some(s) if s.guid == guid => self.base = Some(s.clone()),
+                Some(s) => {
+                    // Same name, another snapshot: a rollback (or destroy and
+                    // re-create). Never diff against the wrong base.
+                    let why = format!(
+                        "snapshot {name} now has guid {}, but guid {guid} was backed up (rolled back or re-created?)",
+                        s.guid
+                    );
+                    log::error!("{}: {why}", self.dataset);
+                    self.problems.push(format!("{}: {why}", self.dataset));
+                    self.base_problem = Some(why);
+                }
+                None => self.base_problem = Some(format!("the previous snapshot {name} is gone")),
+            }
+        }
+        let newer: Vec<ZfsSnapshot> = all.into_iter().filter(|s| s.createtxg > after_txg).collect();
+        newer.iter().map(|s| self.snapshot_ref(s)).collect()
+    }
+
+    fn find_snapshot(&mut self, name: &str, identity: &BTreeMap<String, String>) -> Result<SnapshotRef> {
+        let want = identity.get("guid");
+        let s = self.list()?.into_iter().find(|s| s.name == name && Some(&s.guid) == want).with_context(|| {
+            format!("snapshot {}@{name} with guid {} is gone", self.dataset, want.map_or("?", |s| s))
+        })?;
+        self.snapshot_ref(&s)
+    }
+
+    fn changes(
+        &mut self,
+        prior: &dyn PriorState,
+        snap: &SnapshotRef,
+        emit: &mut dyn FnMut(Change) -> Result<()>,
+    ) -> Result<ChangeReport> {
+        let this = ZfsSnapshot {
+            name: snap.name.clone(),
+            guid: snap.identity.get("guid").cloned().unwrap_or_default(),
+            createtxg: snap.identity.get("createtxg").and_then(|t| t.parse().ok()).unwrap_or(0),
+        };
+        let mountpoint = self.mountpoint()?;
+        let fallback = match (self.base.clone(), self.base_problem.clone()) {
+            (Some(base), _) => {
+                let diffed = self.run_diff(&base.name, &snap.name).and_then(|out| {
+                    let lines = diff::parse_output(&out)?;
+                    let mp = mountpoint.as_os_str().as_encoded_bytes();
+                    diff::candidate_paths(&lines, mp)
+                });
+                match diffed {
+                    Ok(cands) => {
+                        let root = Dir::open(&snap.root)
+                            .with_context(|| format!("cannot open snapshot {}", snap.root.display()))?;
+                        let unreadable = super::named::changes_for_paths(prior, &root, cands, None, emit)?;
+                        self.base = Some(this);
+                        return Ok(ChangeReport { method: "zfs diff".into(), unreadable });
+                    }
+                    Err(e) => {
+                        log::warn!("{}@{}: {e:#}; walking the snapshot instead", self.dataset, snap.name);
+                        Some(format!("{e:#}"))
+                    }
+                }
+            }
+            (None, Some(why)) => Some(why),
+            (None, None) => None,
+        };
+        let mut walk = WalkSource::new(&snap.root, snap.name.clone());
+        let report = walk.changes(prior, snap, emit)?;
+        self.base = Some(this);
+        self.base_problem = None;
+        let method = match fallback {
+            None => "walk (first snapshot)".to_string(),
+            Some(why) => format!("walk (fallback: {why})"),
+        };
+        Ok(ChangeReport { method, unreadable: report.unreadable })
+    }
+
+    fn reader(&self, snap: &SnapshotRef) -> Result<Box<dyn SnapshotReader>> {
+        let root = Dir::open(&snap.root).with_context(|| format!("cannot open snapshot {}", snap.root.display()))?;
+        Ok(Box::new(DirReader::new(root)))
+    }
+
+    fn committed(&mut self, snap: &SnapshotRef) -> Result<()> {
+        if !self.holds {
+            return Ok(());
+        }
+        let full = format!("{}@{}", self.dataset, snap.name);
+        // Hold the new base first, then release older ones: there is never
+        // a moment without a held base.
+        let holds = zfs(&["holds", "-H", &full])?;
+        if !holds.lines().any(|l| l.split('\t').nth(1) == Some(HOLD_TAG)) {
+            zfs(&["hold", HOLD_TAG, &full])?;
+        }
+        for s in self.list()? {
+            if s.name == snap.name {
+                continue;
+            }
+            let other = format!("{}@{}", self.dataset, s.name);
+            let h = zfs(&["holds", "-H", &other])?;
+            if h.lines().any(|l| l.split('\t').nth(1) == Some(HOLD_TAG)) {
+                zfs(&["release", HOLD_TAG, &other])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn problems(&self) -> Vec<String> {
+        self.problems.clone()
+    }
+}
+
+/// Snapshots of `dataset` that carry the agent's hold (for `status`).
+pub fn held_snapshots(dataset: &str) -> Result<Vec<String>> {
+    let text =
+        zfs(&["list", "-Hp", "-d", "1", "-t", "snapshot", "-o", "name,guid,createtxg", "-s", "createtxg", dataset])?;
+    let mut out = Vec::new();
+    for s in parse_snapshot_list(dataset, &text)? {
+        let full = format!("{dataset}@{}", s.name);
+        if zfs(&["holds", "-H", &full])?.lines().any(|l| l.split('\t').nth(1) == Some(HOLD_TAG)) {
+            out.push(full);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_lists_parse_and_sort_by_txg() {
+        let text = "tp/fs@b\t222\t20\ntp/fs@a\t111\t10\ntp/fs/child@c\t333\t30\n";
+        let l = parse_snapshot_list("tp/fs", text).unwrap();
+        assert_eq!(l.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(l[1], ZfsSnapshot { name: "b".into(), guid: "222".into(), createtxg: 20 });
+        assert!(parse_snapshot_list("tp/fs", "tp/fs@a\t1\n").is_err());
+        assert!(parse_snapshot_list("tp/fs", "tp/fs@a\t1\tx\n").is_err());
+        assert!(parse_snapshot_list("tp/fs", "tp/fs\t1\t2\n").is_err());
+    }
+}
