@@ -105,16 +105,33 @@ pub fn backup_dataset(
         if done.iter().any(|d: &ChangesetSummary| d.snapshot == snap.name) {
             continue;
         }
-        if catalog.changeset_by_snapshot(&snap.name)?.is_some() {
-            bail!(
-                "snapshot {:?} of dataset {dataset} is already backed up: give this run another --snapshot label",
+        let identity = serde_json::to_string(&snap.identity)?;
+        let mut label = snap.name.clone();
+        if let Some(existing) = catalog.changeset_by_snapshot(&snap.name)? {
+            if source.kind() == "walk" {
+                bail!(
+                    "snapshot {:?} of dataset {dataset} is already backed up: give this run another --snapshot label",
+                    snap.name
+                );
+            }
+            if existing.identity == identity {
+                continue; // the very same snapshot: done already
+            }
+            // The name was used again for another snapshot (after a ZFS
+            // rollback, say): keep both, under distinct labels.
+            let mut n = 2;
+            while catalog.changeset_by_snapshot(&format!("{}~{n}", snap.name))?.is_some() {
+                n += 1;
+            }
+            label = format!("{}~{n}", snap.name);
+            log::warn!(
+                "{dataset}: snapshot {} is not the one backed up under that name before; recording it as {label}",
                 snap.name
             );
         }
         let prior_at = catalog.latest_complete()?.map(|c| c.id);
-        let identity = serde_json::to_string(&snap.identity)?;
         let row = catalog.create_changeset(&NewChangeset {
-            snapshot: &snap.name,
+            snapshot: &label,
             source: source.kind(),
             identity: &identity,
             method: source.kind(),

@@ -178,12 +178,15 @@ impl ChangeSource for ZfsSource {
         self.base = None;
         self.base_problem = None;
         let mut after_txg = 0;
-        if let Some((name, id)) = last {
+        if let Some((label, id)) = last {
             let guid = id.get("guid").cloned().unwrap_or_default();
             after_txg = id.get("createtxg").and_then(|t| t.parse().ok()).unwrap_or(0);
-            match all.iter().find(|s| s.name == name) {
-                Some(s) if s.guid == guid => self.base = Some(s.clone()),
-                Some(s) => {
+            // The catalog label may carry a "~N" suffix (a reused name).
+            let name = label.rsplit_once('~').map_or(label, |(n, _)| n);
+            let by_guid = all.iter().find(|s| s.guid == guid);
+            match (by_guid, all.iter().find(|s| s.name == name)) {
+                (Some(s), _) => self.base = Some(s.clone()),
+                (None, Some(s)) => {
                     // Same name, another snapshot: a rollback (or destroy and
                     // re-create). Never diff against the wrong base.
                     let why = format!(
@@ -194,7 +197,7 @@ impl ChangeSource for ZfsSource {
                     self.problems.push(format!("{}: {why}", self.dataset));
                     self.base_problem = Some(why);
                 }
-                None => self.base_problem = Some(format!("the previous snapshot {name} is gone")),
+                (None, None) => self.base_problem = Some(format!("the previous snapshot {name} is gone")),
             }
         }
         let newer: Vec<ZfsSnapshot> = all.into_iter().filter(|s| s.createtxg > after_txg).collect();
@@ -203,7 +206,7 @@ impl ChangeSource for ZfsSource {
 
     fn find_snapshot(&mut self, name: &str, identity: &BTreeMap<String, String>) -> Result<SnapshotRef> {
         let want = identity.get("guid");
-        let s = self.list()?.into_iter().find(|s| s.name == name && Some(&s.guid) == want).with_context(|| {
+        let s = self.list()?.into_iter().find(|s| Some(&s.guid) == want).with_context(|| {
             format!("snapshot {}@{name} with guid {} is gone", self.dataset, want.map_or("?", |s| s))
         })?;
         self.snapshot_ref(&s)
