@@ -277,3 +277,27 @@ fn a_base_snapshot_made_writable_falls_back_to_a_walk() {
     assert!(method.contains("fallback") && method.contains("not read-only"), "{method}");
     restore_and_compare(&env, &s2, "s2");
 }
+
+#[test]
+fn a_snapshot_name_used_again_is_kept_apart() {
+    let Some(fs) = LoopBtrfs::make() else { return };
+    std::fs::write(fs.vol().join("a"), b"one").unwrap();
+    let env = Env::new();
+    env.init();
+    fs.snapshot("s1");
+    let s2 = fs.snapshot("s2");
+    assert!(btrfs_backup(&env, &fs).status.success());
+    run_ok(Command::new("btrfs").args(["subvolume", "delete"]).arg(&s2));
+    std::fs::write(fs.vol().join("b"), b"two").unwrap();
+    let s2_again = fs.snapshot("s2");
+    let out = btrfs_backup(&env, &fs);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list = env.list_json("vol");
+    let names: Vec<_> = list["changesets"].as_array().unwrap().iter().map(|c| c["snapshot"].clone()).collect();
+    assert_eq!(names, vec!["s1", "s2", "s2~2"]);
+    restore_and_compare(&env, &s2_again, "s2~2");
+    // Nothing new: a further run backs up nothing.
+    let out = btrfs_backup(&env, &fs);
+    assert!(out.status.success());
+    assert_eq!(env.list_json("vol")["changesets"].as_array().unwrap().len(), 3);
+}
