@@ -1,0 +1,88 @@
+//! The snapshot-tool hooks in scripts/hooks, run the way sanoid and
+//! zfs-auto-snapshot run them, against a stand-in n2s-agent that records
+//! how it was called.
+
+mod common;
+use common::*;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn hook(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/hooks").join(name)
+}
+
+/// A fake n2s-agent that appends its arguments to `calls`.
+fn fake_agent(env: &Env) -> (PathBuf, PathBuf) {
+    let calls = env.path("calls");
+    let fake = env.path("fake-n2s-agent");
+    std::fs::write(&fake, format!("#!/bin/sh\necho \"$*\" >> '{}'\n", calls.display())).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (fake, calls)
+}
+
+fn calls(path: &PathBuf) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+#[test]
+fn sanoid_post_snapshot_backs_up_every_target() {
+    let env = Env::new();
+    let (fake, log) = fake_agent(&env);
+    let out = Command::new(hook("sanoid-post-snapshot"))
+        .env("N2S_AGENT", &fake)
+        .env("N2S_HOOK_WAIT", "1")
+        .env("SANOID_SCRIPT", "post")
+        .env("SANOID_PRE_FAILURE", "0")
+        .env("SANOID_TARGETS", "tank/home,tank/srv")
+        .env("SANOID_SNAPNAMES", "autosnap_2026-11-22_06:00:00_hourly")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(calls(&log), vec!["backup --dataset tank/home", "backup --dataset tank/srv"]);
+
+    // A failed pre-snapshot script: nothing is started.
+    std::fs::remove_file(&log).unwrap();
+    let out = Command::new(hook("sanoid-post-snapshot"))
+        .env("N2S_AGENT", &fake)
+        .env("N2S_HOOK_WAIT", "1")
+        .env("SANOID_PRE_FAILURE", "1")
+        .env("SANOID_TARGETS", "tank/home")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(calls(&log).is_empty());
+
+    // Run by hand without sanoid's environment: a clear usage error.
+    let out = Command::new(hook("sanoid-post-snapshot"))
+        .env("N2S_AGENT", &fake)
+        .env_remove("SANOID_TARGETS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("SANOID_TARGETS"));
+}
+
+#[test]
+fn zfs_auto_snapshot_post_backs_up_its_dataset_without_waiting() {
+    let env = Env::new();
+    let (fake, log) = fake_agent(&env);
+    // Detached (no N2S_HOOK_WAIT, and no systemd here): the hook returns at
+    // once and the backup still happens.
+    let out = Command::new(hook("zfs-auto-snapshot-post"))
+        .arg("tank/data")
+        .arg("zfs-auto-snap_hourly-2026-11-22-0600")
+        .env("N2S_AGENT", &fake)
+        .env("N2S_HOOK_LOG", env.path("hook.log"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while calls(&log).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(calls(&log), vec!["backup --dataset tank/data"]);
+    let out = Command::new(hook("zfs-auto-snapshot-post")).env("N2S_AGENT", &fake).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
