@@ -206,8 +206,7 @@ impl ChangeSource for WalkSource {
     }
 
     fn reader(&self, snap: &SnapshotRef) -> Result<Box<dyn SnapshotReader>> {
-        let root = Dir::open(&snap.root).with_context(|| format!("cannot open {}", snap.root.display()))?;
-        Ok(Box::new(DirReader { root, cached: None }))
+        snapshot_reader(snap)
     }
 }
 
@@ -219,6 +218,30 @@ impl WalkSource {
     }
 }
 
+/// Walk a snapshot against the prior tree: a first backup (`fallback` is
+/// `None`), or what a snapshot diff falls back to, saying why in the method.
+pub fn walk_snapshot(
+    prior: &dyn PriorState,
+    snap: &SnapshotRef,
+    skip: Option<fn(&Metadata) -> bool>,
+    fallback: Option<String>,
+    emit: &mut dyn FnMut(Change) -> Result<()>,
+) -> Result<ChangeReport> {
+    let mut walk = WalkSource { path: snap.root.clone(), label: snap.name.clone(), skip };
+    let report = walk.changes(prior, snap, emit)?;
+    let method = match fallback {
+        None => "walk (first snapshot)".to_string(),
+        Some(why) => format!("walk (fallback: {why})"),
+    };
+    Ok(ChangeReport { method, unreadable: report.unreadable })
+}
+
+/// A reader for the files of a snapshot (or walked) directory.
+pub fn snapshot_reader(snap: &SnapshotRef) -> Result<Box<dyn SnapshotReader>> {
+    let root = Dir::open(&snap.root).with_context(|| format!("cannot open {}", snap.root.display()))?;
+    Ok(Box::new(DirReader { root, cached: None }))
+}
+
 /// Opens files beneath a root directory handle. Files arrive in path order,
 /// so the last parent directory handle is kept.
 pub struct DirReader {
@@ -226,11 +249,6 @@ pub struct DirReader {
     cached: Option<(RelPath, Dir)>,
 }
 
-impl DirReader {
-    pub fn new(root: Dir) -> DirReader {
-        DirReader { root, cached: None }
-    }
-}
 
 impl SnapshotReader for DirReader {
     fn open(&mut self, path: &[u8]) -> std::io::Result<File> {

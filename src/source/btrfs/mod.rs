@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::walk::{DirReader, WalkSource};
+use super::walk::{snapshot_reader, walk_snapshot};
 use super::{ChangeReport, ChangeSource, PriorState, SnapshotReader, SnapshotRef};
 use crate::fsx::Dir;
 use crate::model::Change;
@@ -257,20 +257,14 @@ impl ChangeSource for BtrfsSource {
         // A first backup, or a fallback: walk the snapshot against the catalog.
         // (If a send failed part-way, the rows it emitted are replaced by the
         // walk's for the same paths.)
-        let mut walk = WalkSource::new(&snap.root, snap.name.clone()).with_skip(is_nested_subvolume_stub);
-        let report = walk.changes(prior, snap, emit)?;
+        let report = walk_snapshot(prior, snap, Some(is_nested_subvolume_stub), fallback, emit)?;
         self.base = Some(this);
         self.base_missing = None;
-        let method = match fallback {
-            None => "walk (first snapshot)".to_string(),
-            Some(why) => format!("walk (fallback: {why})"),
-        };
-        Ok(ChangeReport { method, unreadable: report.unreadable })
+        Ok(report)
     }
 
     fn reader(&self, snap: &SnapshotRef) -> Result<Box<dyn SnapshotReader>> {
-        let root = Dir::open(&snap.root).with_context(|| format!("cannot open snapshot {}", snap.root.display()))?;
-        Ok(Box::new(DirReader::new(root)))
+        snapshot_reader(snap)
     }
 
     fn problems(&self) -> Vec<String> {

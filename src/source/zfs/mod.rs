@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::walk::{DirReader, WalkSource};
+use super::walk::{snapshot_reader, walk_snapshot};
 use super::{ChangeReport, ChangeSource, PriorState, SnapshotReader, SnapshotRef};
 use crate::fsx::Dir;
 use crate::model::Change;
@@ -248,20 +248,14 @@ impl ChangeSource for ZfsSource {
             (None, Some(why)) => Some(why),
             (None, None) => None,
         };
-        let mut walk = WalkSource::new(&snap.root, snap.name.clone());
-        let report = walk.changes(prior, snap, emit)?;
+        let report = walk_snapshot(prior, snap, None, fallback, emit)?;
         self.base = Some(this);
         self.base_problem = None;
-        let method = match fallback {
-            None => "walk (first snapshot)".to_string(),
-            Some(why) => format!("walk (fallback: {why})"),
-        };
-        Ok(ChangeReport { method, unreadable: report.unreadable })
+        Ok(report)
     }
 
     fn reader(&self, snap: &SnapshotRef) -> Result<Box<dyn SnapshotReader>> {
-        let root = Dir::open(&snap.root).with_context(|| format!("cannot open snapshot {}", snap.root.display()))?;
-        Ok(Box::new(DirReader::new(root)))
+        snapshot_reader(snap)
     }
 
     fn committed(&mut self, snap: &SnapshotRef) -> Result<()> {
