@@ -40,12 +40,12 @@ compare_trees() {
 pick() { # a random regular file below $1 (NUL-safe), or nothing
   local -a f
   mapfile -d '' f < <(find "$1" -type f -print0 | LC_ALL=C sort -z)
-  [ "${#f[@]}" -gt 0 ] && printf '%s' "${f[RANDOM % ${#f[@]}]}"
+  if [ "${#f[@]}" -gt 0 ]; then printf '%s' "${f[RANDOM % ${#f[@]}]}"; fi
 }
 pickdir() {
   local -a d
   mapfile -d '' d < <(find "$1" -mindepth 1 -maxdepth 1 -type d -name 'dir-*' -print0 | LC_ALL=C sort -z)
-  [ "${#d[@]}" -gt 0 ] && printf '%s' "${d[RANDOM % ${#d[@]}]}"
+  if [ "${#d[@]}" -gt 0 ]; then printf '%s' "${d[RANDOM % ${#d[@]}]}"; fi
 }
 populate() {
   local r=$1
@@ -60,23 +60,27 @@ populate() {
   ln -s nowhere "$r/dangling"
 }
 mutate() {
+  # Each change applies only when its target exists; `|| true` keeps set -e
+  # from ending the scenario when one does not.
   local r=$1 s=$2 n f d
   for n in $(seq 1 $((1 + RANDOM % 4))); do
     f=$(pick "$r")
+    d=$(pickdir "$r")
     case $((RANDOM % 11)) in
       0) head -c $((RANDOM * 3)) /dev/urandom >"$r/new-$s-$RANDOM" ;;
-      1) [ -n "$f" ] && head -c 100 /dev/urandom >>"$f" ;;
-      2) [ -n "$f" ] && [ "$(find "$r" -type f | wc -l)" -gt 4 ] && rm -f "$f" ;;
-      3) [ -n "$f" ] && mv "$f" "$r/moved $s-$RANDOM" ;;
+      1) [ -z "$f" ] || head -c 100 /dev/urandom >>"$f" ;;
+      2) if [ -n "$f" ] && [ "$(find "$r" -type f | wc -l)" -gt 4 ]; then rm -f "$f"; fi ;;
+      3) [ -z "$f" ] || mv "$f" "$r/moved $s-$RANDOM" ;;
       4) d="$r/dir-$s-$RANDOM/sub"; mkdir -p "$d"; echo inner >"$d/f"; ln -s f "$d/l" ;;
-      5) d=$(pickdir "$r"); [ -n "$d" ] && rm -rf "$d" ;;
-      6) d=$(pickdir "$r"); [ -n "$d" ] && mv "$d" "$r/dir-renamed-$s-$RANDOM" ;;
-      7) [ -n "$f" ] && ln "$f" "$r/link-$s-$RANDOM" ;;
-      8) [ -n "$f" ] && chmod 600 "$f" && chown 1000:1000 "$f" ;;
-      9) [ -n "$f" ] && touch -m -d "@$((1000000000 + RANDOM))" "$f" ;;
-      *) [ -n "$f" ] && truncate -s 1 "$f" ;;
+      5) [ -z "$d" ] || rm -rf "$d" ;;
+      6) [ -z "$d" ] || mv "$d" "$r/dir-renamed-$s-$RANDOM" ;;
+      7) [ -z "$f" ] || ln "$f" "$r/link-$s-$RANDOM" ;;
+      8) [ -z "$f" ] || { chmod 600 "$f" && chown 1000:1000 "$f"; } ;;
+      9) [ -z "$f" ] || touch -m -d "@$((1000000000 + RANDOM))" "$f" ;;
+      *) [ -z "$f" ] || truncate -s 1 "$f" ;;
     esac
   done
+  return 0
 }
 
 # ---------------------------------------------------------------- ZFS
