@@ -163,7 +163,8 @@ sed -i 's/^source = "zfs"$/source = "zfs"\ndiff_timeout_secs = 0/' "$W/agent.tom
 mutate "$FS" 13
 zfs snapshot "$POOL/fs@s13"
 "${N2S[@]}" backup
-"${N2S[@]}" list --json | grep -q 'took longer than 0s' || fail "the time limit fallback is not recorded"
+"${N2S[@]}" list --json >"$OUT/zfs-list-13.json"
+grep -q 'took longer than 0s' "$OUT/zfs-list-13.json" || fail "the time limit fallback is not recorded"
 "${N2S[@]}" -q restore s13 --dataset "$POOL/fs" --target "$W/r13"
 compare_trees "$FS/.zfs/snapshot/s13" "$W/r13"
 "${N2S[@]}" verify --level full
@@ -195,7 +196,8 @@ btrfs subvolume delete "$W/bt/snaps/s10" >/dev/null
 mutate "$W/bt/vol" 11
 btrfs subvolume snapshot -r "$W/bt/vol" "$W/bt/snaps/s11" >/dev/null
 "${B[@]}" "${BT[@]}"
-"${B[@]}" list --json --dataset btvol | grep -q 'walk (fallback: the previous snapshot s10 is gone)' || fail "no btrfs fallback recorded"
+"${B[@]}" list --json --dataset btvol >"$OUT/btrfs-list-11.json"
+grep -q 'walk (fallback: the previous snapshot s10 is gone)' "$OUT/btrfs-list-11.json" || fail "no btrfs fallback recorded"
 "${B[@]}" -q restore s11 --dataset btvol --target "$W/b11"
 compare_trees "$W/bt/snaps/s11" "$W/b11"
 echo "btrfs: all identical"
