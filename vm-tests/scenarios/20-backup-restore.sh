@@ -128,8 +128,8 @@ done
 echo "all 10 snapshots identical"
 
 step "holds: on the last backed-up snapshot only, and they block zfs destroy"
-zfs holds -H "$POOL/fs@s10" | grep -q n2s-agent || fail "s10 is not held"
-if zfs holds -H "$POOL/fs@s06" | grep -q n2s-agent; then fail "the hold on s06 was not released"; fi
+grep -q n2s-agent <<<"$(zfs holds -H "$POOL/fs@s10")" || fail "s10 is not held"
+if grep -q n2s-agent <<<"$(zfs holds -H "$POOL/fs@s06")"; then fail "the hold on s06 was not released"; fi
 if zfs destroy "$POOL/fs@s10" 2>/dev/null; then fail "a held snapshot was destroyed"; fi
 "${N2S[@]}" status | tee "$OUT/zfs-status.txt"
 grep -q "held snapshots.*$POOL/fs@s10" "$OUT/zfs-status.txt" || fail "status does not show the hold"
