@@ -249,7 +249,6 @@ pub struct DirReader {
     cached: Option<(RelPath, Dir)>,
 }
 
-
 impl SnapshotReader for DirReader {
     fn open(&mut self, path: &[u8]) -> std::io::Result<File> {
         let (parent, name) = split_path(path);

@@ -209,6 +209,42 @@ mod tests {
         assert!(e.contains("line 2"), "{e}");
     }
 
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/tests/fixtures/zfs/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn recorded_real_zfs_diffs_parse() {
+        // tests/fixtures/zfs/README.md says what made them.
+        let l = parse_output(&fixture("zfs-diff-1.txt")).unwrap();
+        let c = candidate_paths(&l, b"/tp/fs").unwrap();
+        for p in [
+            &b""[..],
+            b"olddir",
+            b"newdir",
+            b"old-name.txt",
+            b"new-name.txt",
+            b"gone.txt",
+            b"added.txt",
+            b"tab\there.txt",
+            b"space name.txt",
+            b"new\nline.txt",
+            b"bad\xffbyte.txt",
+            b"hl-src.txt",
+            b"dir/deep-moved.txt",
+        ] {
+            assert!(c.contains(p), "{:?} missing", String::from_utf8_lossy(p));
+        }
+        assert!(l.iter().any(|d| d.link_delta == Some(1)));
+        let l2 = parse_output(&fixture("zfs-diff-2.txt")).unwrap();
+        // zfs names only the surviving link when one name of a hardlinked
+        // file goes: the other must come from the catalog (source::named).
+        let hl = l2.iter().find(|d| d.path.ends_with(b"hl-dst.txt")).unwrap();
+        assert_eq!((hl.kind, hl.link_delta), (DiffKind::Modified, Some(-1)));
+        assert!(!l2.iter().any(|d| d.path.ends_with(b"hl-src.txt")));
+        assert!(l2.iter().any(|d| d.ftype == b'|'));
+    }
+
     proptest! {
         #[test]
         fn escape_roundtrips(name in proptest::collection::vec(any::<u8>(), 0..60)) {

@@ -32,7 +32,7 @@ pub fn parse_snapshot_list(dataset: &str, text: &str) -> Result<Vec<ZfsSnapshot>
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split('\t').collect();
-        let [full, guid, txg] = f[..] else {
+        let [full, guid, txg, ..] = f[..] else {
             bail!("`zfs list` line {} has {} fields, 3 expected", i + 1, f.len());
         };
         let Some((ds, name)) = full.split_once('@') else {
@@ -312,6 +312,15 @@ mod tests {
         assert_eq!(l.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
         assert_eq!(l[1], ZfsSnapshot { name: "b".into(), guid: "222".into(), createtxg: 20 });
         assert!(parse_snapshot_list("tp/fs", "tp/fs@a\t1\n").is_err());
+        // Recorded on real ZFS in the vm-tests guest (extra columns ignored).
+        let rec = std::fs::read_to_string(format!("{}/tests/fixtures/zfs/zfs-list-1.txt", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+        let l = parse_snapshot_list("tp/fs", &rec).unwrap();
+        assert_eq!(
+            l.iter().map(|s| (s.name.as_str(), s.createtxg)).collect::<Vec<_>>(),
+            vec![("a", 10), ("b", 12), ("c", 13)]
+        );
+        assert_eq!(l[0].guid, "12501678330079141723");
         assert!(parse_snapshot_list("tp/fs", "tp/fs@a\t1\tx\n").is_err());
         assert!(parse_snapshot_list("tp/fs", "tp/fs\t1\t2\n").is_err());
     }
