@@ -24,6 +24,8 @@ pub struct DatasetConfig {
     pub name: String,
     pub source: SourceKind,
     pub path: Option<PathBuf>,
+    /// The ZFS dataset POOL/FS; `dataset = "pool/fs"` is accepted too.
+    #[serde(alias = "dataset")]
     pub zfs_dataset: Option<String>,
     pub snapshot_dir: Option<PathBuf>,
     /// zfs: hold the last backed-up snapshot so pruners keep the diff base
@@ -146,6 +148,8 @@ mod tests {
         let e = format!("{:#}", FileConfig::load(Some(&p)).unwrap_err());
         assert!(e.contains("line 5") && e.contains("pth") && !e.contains('\n'), "{e}");
 
+        let z = FileConfig::parse("[[dataset]]\nname = \"data\"\nsource = \"zfs\"\ndataset = \"tank/data\"\n", "t").unwrap();
+        assert_eq!(z.dataset("data").unwrap().zfs_dataset.as_deref(), Some("tank/data"));
         std::fs::write(&p, "[[dataset]]\nname = \"a\"\nsource = \"nfs\"\n").unwrap();
         assert!(FileConfig::load(Some(&p)).is_err());
         assert!(FileConfig::load(Some(&dir.path().join("missing.toml"))).is_err());
