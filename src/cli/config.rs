@@ -148,7 +148,8 @@ mod tests {
         let e = format!("{:#}", FileConfig::load(Some(&p)).unwrap_err());
         assert!(e.contains("line 5") && e.contains("pth") && !e.contains('\n'), "{e}");
 
-        let z = FileConfig::parse("[[dataset]]\nname = \"data\"\nsource = \"zfs\"\ndataset = \"tank/data\"\n", "t").unwrap();
+        let z = FileConfig::parse("[[dataset]]\nname = \"data\"\nsource = \"zfs\"\ndataset = \"tank/data\"\n", "t")
+            .unwrap();
         assert_eq!(z.dataset("data").unwrap().zfs_dataset.as_deref(), Some("tank/data"));
         std::fs::write(&p, "[[dataset]]\nname = \"a\"\nsource = \"nfs\"\n").unwrap();
         assert!(FileConfig::load(Some(&p)).is_err());
