@@ -167,6 +167,13 @@ zfs snapshot "$POOL/fs@s13"
 grep -q 'took longer than 0s' "$OUT/zfs-list-13.json" || fail "the time limit fallback is not recorded"
 "${N2S[@]}" -q restore s13 --dataset "$POOL/fs" --target "$W/r13"
 compare_trees "$FS/.zfs/snapshot/s13" "$W/r13"
+
+step "holds = false: the next backup places no hold"
+sed -i 's/^diff_timeout_secs = 0$/holds = false/' "$W/agent.toml"
+mutate "$FS" 14
+zfs snapshot "$POOL/fs@s14"
+"${N2S[@]}" backup
+if grep -q n2s-agent <<<"$(zfs holds -H "$POOL/fs@s14")"; then fail "holds = false still held s14"; fi
 "${N2S[@]}" verify --level full
 
 # ---------------------------------------------------------------- btrfs
