@@ -84,6 +84,11 @@ fn btrfs_backup(env: &Env, fs: &LoopBtrfs) -> std::process::Output {
         .unwrap()
 }
 
+/// The snapshot label of every changeset in a `list --json` document.
+fn snapshot_names(list: &serde_json::Value) -> Vec<serde_json::Value> {
+    list["changesets"].as_array().unwrap().iter().map(|c| c["snapshot"].clone()).collect()
+}
+
 fn restore_and_compare(env: &Env, snapshot: &Path, name: &str) {
     let t = env.path(&format!("restored-{name}"));
     env.restore("vol", name, &t);
@@ -192,7 +197,7 @@ fn a_snapshot_made_during_a_backup_is_taken_by_the_next_run() {
     assert!(out.status.success());
     assert!(btrfs_backup(&env, &fs).status.success());
     let list = env.list_json("vol");
-    let names: Vec<_> = list["changesets"].as_array().unwrap().iter().map(|c| c["snapshot"].clone()).collect();
+    let names = snapshot_names(&list);
     assert_eq!(names, vec!["s1", "s2"]);
     restore_and_compare(&env, &s2, "s2");
 }
@@ -212,7 +217,7 @@ fn snapshotting_a_backed_up_snapshot_does_not_confuse_the_next_run() {
     let out = btrfs_backup(&env, &fs);
     assert!(out.status.success(), "{}", stderr(&out));
     let list = env.list_json("vol");
-    let names: Vec<_> = list["changesets"].as_array().unwrap().iter().map(|c| c["snapshot"].clone()).collect();
+    let names = snapshot_names(&list);
     assert_eq!(names, vec!["s1", "s2"]);
     assert_eq!(list["changesets"][1]["method"], "send");
     restore_and_compare(&env, &s2, "s2");
@@ -293,7 +298,7 @@ fn a_snapshot_name_used_again_is_kept_apart() {
     let out = btrfs_backup(&env, &fs);
     assert!(out.status.success(), "{}", stderr(&out));
     let list = env.list_json("vol");
-    let names: Vec<_> = list["changesets"].as_array().unwrap().iter().map(|c| c["snapshot"].clone()).collect();
+    let names = snapshot_names(&list);
     assert_eq!(names, vec!["s1", "s2", "s2~2"]);
     restore_and_compare(&env, &s2_again, "s2~2");
     // Nothing new: a further run backs up nothing.

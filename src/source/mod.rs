@@ -137,6 +137,22 @@ pub(crate) mod testutil {
         }
     }
 
+    pub type Seen = HashMap<Vec<u8>, (ChangeKind, Option<Metadata>)>;
+
+    /// Every change a full walk of `root` finds against `prior`; a path
+    /// emitted twice fails the test.
+    pub fn full_walk(root: &std::path::Path, prior: &MemPrior) -> Seen {
+        let mut src = super::walk::WalkSource::new(root, "t".into());
+        let snap = src.new_snapshots(None).unwrap().remove(0);
+        let mut out = HashMap::new();
+        src.changes(prior, &snap, &mut |c| {
+            assert!(out.insert(c.path.clone(), (c.kind, c.meta)).is_none(), "path emitted twice");
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
     /// Apply a source's changes to the prior state, as a backup would.
     pub fn apply(prior: &mut MemPrior, changes: &HashMap<Vec<u8>, (ChangeKind, Option<Metadata>)>) {
         for (p, (k, m)) in changes {

@@ -264,21 +264,9 @@ impl SnapshotReader for DirReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::testutil::{MemPrior, apply};
-    use std::collections::HashMap;
-    use std::os::unix::fs::symlink;
+    use crate::source::testutil::{MemPrior, apply, full_walk as run};
 
-    fn run(root: &Path, prior: &MemPrior) -> HashMap<Vec<u8>, (ChangeKind, Option<Metadata>)> {
-        let mut src = WalkSource::new(root, "t".into());
-        let snap = src.new_snapshots(None).unwrap().remove(0);
-        let mut out = HashMap::new();
-        src.changes(prior, &snap, &mut |c| {
-            assert!(out.insert(c.path.clone(), (c.kind, c.meta)).is_none(), "path emitted twice");
-            Ok(())
-        })
-        .unwrap();
-        out
-    }
+    use std::os::unix::fs::symlink;
 
     #[test]
     fn first_walk_adds_everything_second_sees_nothing() {

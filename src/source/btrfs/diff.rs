@@ -39,27 +39,12 @@ pub fn candidate_paths(ops: &[Op]) -> BTreeSet<RelPath> {
 mod tests {
     use super::*;
     use crate::fsx::Dir;
-    use crate::model::{ChangeKind, Metadata};
-    use crate::source::ChangeSource;
+    use crate::model::ChangeKind;
     use crate::source::named::changes_for_paths;
-    use crate::source::testutil::{MemPrior, apply};
-    use crate::source::walk::WalkSource;
+    use crate::source::testutil::{MemPrior, Seen, apply, full_walk};
+
     use std::collections::HashMap;
     use std::path::Path;
-
-    type Seen = HashMap<Vec<u8>, (ChangeKind, Option<Metadata>)>;
-
-    fn full_walk(root: &Path, prior: &MemPrior) -> Seen {
-        let mut src = WalkSource::new(root, "t".into());
-        let snap = src.new_snapshots(None).unwrap().remove(0);
-        let mut out = HashMap::new();
-        src.changes(prior, &snap, &mut |c| {
-            out.insert(c.path.clone(), (c.kind, c.meta));
-            Ok(())
-        })
-        .unwrap();
-        out
-    }
 
     fn diff(root: &Path, prior: &MemPrior, names: &[&str]) -> Seen {
         let cands: BTreeSet<RelPath> = names.iter().map(|n| n.as_bytes().to_vec()).collect();
@@ -169,11 +154,10 @@ mod real_btrfs_tests {
     //! it skipped.
     use super::*;
     use crate::fsx::Dir;
-    use crate::model::{ChangeKind, Metadata};
-    use crate::source::ChangeSource;
+
     use crate::source::named::changes_for_paths;
-    use crate::source::testutil::{MemPrior, apply};
-    use crate::source::walk::WalkSource;
+    use crate::source::testutil::{MemPrior, apply, full_walk};
+
     use std::collections::HashMap;
     use std::path::{Path, PathBuf};
     use std::process::Command;
@@ -234,18 +218,6 @@ mod real_btrfs_tests {
                 let _ = quiet(Command::new("umount").arg("-l").arg(&self.mnt));
             }
         }
-    }
-
-    fn full_walk(root: &Path, prior: &MemPrior) -> HashMap<Vec<u8>, (ChangeKind, Option<Metadata>)> {
-        let mut src = WalkSource::new(root, "t".into());
-        let snap = src.new_snapshots(None).unwrap().remove(0);
-        let mut out = HashMap::new();
-        src.changes(prior, &snap, &mut |c| {
-            out.insert(c.path.clone(), (c.kind, c.meta));
-            Ok(())
-        })
-        .unwrap();
-        out
     }
 
     fn mutate(root: &Path, rng: &mut u64, step: usize) {
