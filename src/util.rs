@@ -33,7 +33,10 @@ pub mod fault {
     static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
     static HITS: AtomicU64 = AtomicU64::new(0);
 
+    static PAUSE: OnceLock<Option<(String, std::path::PathBuf)>> = OnceLock::new();
+
     pub fn hit(name: &str) {
+        pause_at(name);
         let spec = SPEC.get_or_init(|| {
             let v = std::env::var("N2S_FAULT").ok()?;
             let (n, count) = v.split_once(':').unwrap_or((&v, "1"));
@@ -46,6 +49,30 @@ pub mod fault {
             // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
             unsafe {
                 libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+
+    /// `N2S_PAUSE=name` with `N2S_PAUSE_DIR=D`: the first time `name` is
+    /// reached, create `D/name.reached` and wait until `D/name.go` exists,
+    /// so a test can line two agents up at the same point and release
+    /// them together (races made deterministic).
+    fn pause_at(name: &str) {
+        let spec = PAUSE.get_or_init(|| {
+            let n = std::env::var("N2S_PAUSE").ok()?;
+            let d = std::env::var_os("N2S_PAUSE_DIR")?;
+            Some((n, std::path::PathBuf::from(d)))
+        });
+        static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if let Some((n, dir)) = spec
+            && n == name
+            && !DONE.swap(true, Ordering::SeqCst)
+        {
+            let _ = std::fs::write(dir.join(format!("{name}.reached")), b"");
+            let go = dir.join(format!("{name}.go"));
+            let start = std::time::Instant::now();
+            while !go.exists() && start.elapsed() < std::time::Duration::from_secs(600) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
         }
     }

@@ -7,8 +7,10 @@
 use std::fmt;
 use std::ops::Range;
 
+pub mod fault;
 pub mod local;
 pub mod memory;
+pub mod retry;
 
 #[derive(Debug)]
 pub enum BackendError {
@@ -81,7 +83,24 @@ pub fn check_key(key: &str) -> BResult<()> {
     if ok { Ok(()) } else { Err(BackendError::Other(anyhow::anyhow!("invalid object key {key:?}"))) }
 }
 
-/// Open the backend a repository URL names.
+/// Open the backend a repository URL names, wrapped in the decorators every
+/// run uses: bounded retries of transient failures, and (tests only) the
+/// fault injection that `N2S_FAULT_BACKEND` asks for, beneath the retries.
+pub fn open(url: &str) -> anyhow::Result<std::sync::Arc<dyn Backend>> {
+    let mut b: std::sync::Arc<dyn Backend> = std::sync::Arc::from(open_url(url)?);
+    if let Ok(spec) = std::env::var("N2S_FAULT_BACKEND") {
+        b = std::sync::Arc::new(fault::FaultBackend::new(b, fault::FaultRule::parse_list(&spec)?));
+    }
+    let mut policy = retry::RetryPolicy::default();
+    if let Some(ms) = std::env::var("N2S_RETRY_BASE_MS").ok().and_then(|v| v.parse().ok()) {
+        // For tests: retries without the production pauses.
+        policy.base_delay = std::time::Duration::from_millis(ms);
+        policy.max_delay = policy.base_delay * 8;
+    }
+    Ok(std::sync::Arc::new(retry::RetryBackend::new(b, policy)))
+}
+
+/// Open the bare backend a repository URL names.
 pub fn open_url(url: &str) -> anyhow::Result<Box<dyn Backend>> {
     let path = if let Some(rest) = url.strip_prefix("file://") {
         rest

@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use super::GlobalArgs;
 use crate::core::keys::MasterKey;
@@ -17,7 +16,7 @@ pub struct InitArgs {
 
 pub fn run(g: &GlobalArgs, a: InitArgs) -> Result<ExitCode> {
     let s = super::config::Settings::resolve(g)?;
-    let backend: Arc<dyn crate::backend::Backend> = Arc::from(crate::backend::open_url(&s.repo)?);
+    let backend = crate::backend::open(&s.repo)?;
     // Check first, so an existing repository never costs a stray key file.
     if backend.stat(crate::repo::CONFIG_KEY).map_err(|e| anyhow::anyhow!("{e}"))?.is_some() {
         anyhow::bail!("a repository already exists at {}: refusing to overwrite it", backend.location());

@@ -107,7 +107,7 @@ impl Ctx {
     pub fn open(g: &GlobalArgs) -> Result<Ctx> {
         let settings = config::Settings::resolve(g)?;
         let key = MasterKey::load(&settings.key_file)?;
-        let backend: Arc<dyn crate::backend::Backend> = Arc::from(crate::backend::open_url(&settings.repo)?);
+        let backend = crate::backend::open(&settings.repo)?;
         let repo = Arc::new(Repository::open(backend, &key)?);
         let state = StatePaths::new(&settings.state_dir, &repo.config.id)?;
         Ok(Ctx { settings, repo, state })

@@ -17,7 +17,7 @@
 //! - Memory is bounded by channel capacities and the pack size, never by
 //!   the number or size of files.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
 /// Files opened ahead of the one being chunked, and how much of each the
@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::backend::BackendError;
 use crate::catalog::index::ChunkIndex;
 use crate::catalog::{Catalog, StoredFile};
 use crate::core::chunker::Chunker;
@@ -291,8 +290,8 @@ pub fn upload_changeset(
             let commit_tx = commit_tx.clone();
             s.spawn(move || {
                 for job in pack_rx {
-                    match put_with_retry(repo, &job.pack) {
-                        Ok(()) => {
+                    match repo.put(&job.pack.id.object_key(), &job.pack.bytes) {
+                        Ok(_) => {
                             fault::hit("pack-uploaded");
                             let seq = job.seq;
                             let _ = commit_tx.send(ToCommitter::Confirmed { seq, job });
@@ -316,23 +315,6 @@ pub fn upload_changeset(
         result
     })?;
     Ok(report)
-}
-
-fn put_with_retry(repo: &Repository, pack: &FinishedPack) -> Result<()> {
-    let key = pack.id.object_key();
-    let mut delay = Duration::from_millis(500);
-    for attempt in 1..=4 {
-        match repo.backend.put_if_absent(&key, &pack.bytes) {
-            Ok(_) => return Ok(()),
-            Err(BackendError::Transient(e)) if attempt < 4 => {
-                log::warn!("storing pack {key} failed (attempt {attempt}): {e}; retrying in {delay:?}");
-                std::thread::sleep(delay);
-                delay *= 2;
-            }
-            Err(e) => return Err(anyhow::anyhow!("{e}")).context(format!("cannot store pack {key}")),
-        }
-    }
-    unreachable!("the loop returns on its last attempt")
 }
 
 struct FileAcc {
