@@ -3,9 +3,9 @@
 
 use anyhow::Result;
 use rusqlite::{Connection, OptionalExtension, params};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::schema;
+use super::schema::{self, Explain};
 use crate::core::pack::{PackEntry, PackId};
 use crate::model::ChunkId;
 
@@ -19,70 +19,97 @@ pub struct ChunkLocation {
 
 pub struct ChunkIndex {
     conn: Connection,
+    path: PathBuf,
 }
+
+/// A chunk is "live" when it has at least one home in a pack not found lost.
+const LIVE: &str = "SELECT c.pack, c.offset, c.sealed_len, c.raw_len FROM chunks c JOIN packs p ON p.id = c.pack \
+     WHERE c.id = ?1 AND p.lost_at IS NULL ORDER BY p.confirmed_at LIMIT 1";
 
 impl ChunkIndex {
     pub fn open(path: &Path) -> Result<ChunkIndex> {
         let mut conn = schema::open_db(path)?;
-        schema::migrate(&mut conn, schema::INDEX_MIGRATIONS, "chunk index")?;
-        Ok(ChunkIndex { conn })
+        schema::migrate(&mut conn, schema::INDEX_MIGRATIONS, "chunk index", path)?;
+        Ok(ChunkIndex { conn, path: path.to_path_buf() })
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Is the chunk stored in a pack that is not known to be lost? Dedup
+    /// asks this: a chunk whose every home is lost is uploaded again.
     pub fn contains(&self, id: &ChunkId) -> Result<bool> {
-        let mut st = self.conn.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
-        Ok(st.exists(params![&id.0[..]])?)
+        let mut st = self.conn.prepare_cached(LIVE).db(&self.path)?;
+        st.exists(params![&id.0[..]]).db(&self.path)
     }
 
+    /// A live home of the chunk (the oldest confirmed one).
     pub fn lookup(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
-        let mut st = self.conn.prepare_cached("SELECT pack, offset, sealed_len, raw_len FROM chunks WHERE id = ?1")?;
-        Ok(st
+        let mut st = self.conn.prepare_cached(LIVE).db(&self.path)?;
+        let row = st
             .query_row(params![&id.0[..]], |r| {
                 let pack: Vec<u8> = r.get(0)?;
                 Ok((pack, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
             })
-            .optional()?
-            .and_then(|(pack, off, sl, rl)| {
-                Some(ChunkLocation {
-                    pack: PackId(pack.try_into().ok()?),
-                    offset: off as u64,
-                    sealed_len: sl as u32,
-                    raw_len: rl as u32,
-                })
-            }))
+            .optional()
+            .db(&self.path)?;
+        let Some((pack, off, sl, rl)) = row else { return Ok(None) };
+        let pack: [u8; 32] = pack.try_into().map_err(|_| {
+            anyhow::anyhow!(
+                "chunk index {} is damaged (a pack id of the wrong length): move it aside and run `n2s-agent catalog rebuild`",
+                self.path.display()
+            )
+        })?;
+        Ok(Some(ChunkLocation { pack: PackId(pack), offset: off as u64, sealed_len: sl as u32, raw_len: rl as u32 }))
     }
 
     pub fn has_pack(&self, id: &PackId) -> Result<bool> {
-        let mut st = self.conn.prepare_cached("SELECT 1 FROM packs WHERE id = ?1")?;
-        Ok(st.exists(params![&id.0[..]])?)
+        let mut st = self.conn.prepare_cached("SELECT 1 FROM packs WHERE id = ?1").db(&self.path)?;
+        st.exists(params![&id.0[..]]).db(&self.path)
     }
 
     /// Record a pack confirmed stored, with every chunk it holds, in one
-    /// transaction. A chunk already indexed in another pack keeps its first home.
+    /// transaction. A chunk may have several homes; each is recorded. A
+    /// pack found again after it was marked lost is live again.
     pub fn add_pack(&mut self, id: &PackId, size: u64, entries: &[PackEntry], now: i64) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction().db(&self.path)?;
         tx.execute(
-            "INSERT OR IGNORE INTO packs (id, size, confirmed_at) VALUES (?1, ?2, ?3)",
+            "INSERT INTO packs (id, size, confirmed_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (id) DO UPDATE SET lost_at = NULL",
             params![&id.0[..], size as i64, now],
-        )?;
+        )
+        .db(&self.path)?;
         {
-            let mut st = tx.prepare_cached(
-                "INSERT OR IGNORE INTO chunks (id, pack, offset, sealed_len, raw_len) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO chunks (id, pack, offset, sealed_len, raw_len) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .db(&self.path)?;
             for e in entries {
-                st.execute(params![&e.id.0[..], &id.0[..], e.offset as i64, e.sealed_len as i64, e.raw_len as i64])?;
+                st.execute(params![&e.id.0[..], &id.0[..], e.offset as i64, e.sealed_len as i64, e.raw_len as i64])
+                    .db(&self.path)?;
             }
         }
-        tx.commit()?;
-        Ok(())
+        tx.commit().db(&self.path)
     }
 
-    /// Every pack the index knows, with its size.
+    /// Every pack the index knows that is not marked lost, with its size.
     pub fn packs(&self) -> Result<Vec<(PackId, u64)>> {
-        let mut st = self.conn.prepare("SELECT id, size FROM packs")?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+        self.packs_where("lost_at IS NULL")
+    }
+
+    /// Packs marked lost (missing from the repository, or corrupt).
+    pub fn lost_packs(&self) -> Result<Vec<(PackId, u64)>> {
+        self.packs_where("lost_at IS NOT NULL")
+    }
+
+    fn packs_where(&self, cond: &str) -> Result<Vec<(PackId, u64)>> {
+        let mut st = self.conn.prepare(&format!("SELECT id, size FROM packs WHERE {cond}")).db(&self.path)?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))).db(&self.path)?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, size) = row?;
+            let (id, size) = row.db(&self.path)?;
             if let Ok(arr) = id.try_into() {
                 out.push((PackId(arr), size as u64));
             }
@@ -90,17 +117,53 @@ impl ChunkIndex {
         Ok(out)
     }
 
-    pub fn chunk_count(&self) -> Result<u64> {
-        Ok(self.conn.query_row("SELECT count(*) FROM chunks", [], |r| r.get::<_, i64>(0))? as u64)
+    /// Mark a pack lost: its chunks are no longer used for dedup or reads,
+    /// so the next backup uploads them again. Its rows stay, so a pack that
+    /// turns up again (add_pack) is live again with nothing to relearn.
+    pub fn mark_lost(&mut self, id: &PackId, now: i64) -> Result<bool> {
+        let n = self
+            .conn
+            .execute("UPDATE packs SET lost_at = ?2 WHERE id = ?1 AND lost_at IS NULL", params![&id.0[..], now])
+            .db(&self.path)?;
+        Ok(n > 0)
     }
 
-    /// Forget a pack and its chunks (it was found missing or corrupt).
-    pub fn forget_pack(&mut self, id: &PackId) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM chunks WHERE pack = ?1", params![&id.0[..]])?;
-        tx.execute("DELETE FROM packs WHERE id = ?1", params![&id.0[..]])?;
-        tx.commit()?;
+    /// Chunks every home of which is lost: visited one by one.
+    pub fn for_each_orphaned_chunk(&self, mut f: impl FnMut(ChunkId) -> Result<()>) -> Result<()> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT c.id FROM chunks c JOIN packs p ON p.id = c.pack GROUP BY c.id \
+                 HAVING sum(p.lost_at IS NULL) = 0",
+            )
+            .db(&self.path)?;
+        let mut rows = st.query([]).db(&self.path)?;
+        while let Some(r) = rows.next().db(&self.path)? {
+            let b: Vec<u8> = r.get(0).db(&self.path)?;
+            if let Some(id) = ChunkId::from_slice(&b) {
+                f(id)?;
+            }
+        }
         Ok(())
+    }
+
+    pub fn chunk_count(&self) -> Result<u64> {
+        Ok(self.conn.query_row("SELECT count(DISTINCT id) FROM chunks", [], |r| r.get::<_, i64>(0)).db(&self.path)?
+            as u64)
+    }
+
+    /// Forget a pack and the homes it gave its chunks; homes in other
+    /// packs stay.
+    pub fn forget_pack(&mut self, id: &PackId) -> Result<()> {
+        let tx = self.conn.transaction().db(&self.path)?;
+        tx.execute("DELETE FROM chunks WHERE pack = ?1", params![&id.0[..]]).db(&self.path)?;
+        tx.execute("DELETE FROM packs WHERE id = ?1", params![&id.0[..]]).db(&self.path)?;
+        tx.commit().db(&self.path)
+    }
+
+    /// SQLite's own structural check of the index file.
+    pub fn check(&self) -> Result<Vec<String>> {
+        schema::quick_check(&self.conn, &self.path)
     }
 }
 
@@ -122,10 +185,45 @@ mod tests {
         let loc = ix.lookup(&e.id).unwrap().unwrap();
         assert_eq!(loc, ChunkLocation { pack, offset: 8, sealed_len: 100, raw_len: 60 });
         // A second home for the same chunk does not move it.
-        ix.add_pack(&PackId([3u8; 32]), 4096, std::slice::from_ref(&e), 2).unwrap();
+        let other = PackId([3u8; 32]);
+        ix.add_pack(&other, 4096, std::slice::from_ref(&e), 2).unwrap();
         assert_eq!(ix.lookup(&e.id).unwrap().unwrap().pack, pack);
+        // Forgetting one home keeps the other (the old index kept only the first).
         ix.forget_pack(&pack).unwrap();
-        assert!(!ix.contains(&e.id).unwrap());
+        assert!(ix.contains(&e.id).unwrap());
+        assert_eq!(ix.lookup(&e.id).unwrap().unwrap().pack, other);
         assert_eq!(ix.packs().unwrap().len(), 1);
+        ix.forget_pack(&other).unwrap();
+        assert!(!ix.contains(&e.id).unwrap());
+    }
+
+    #[test]
+    fn a_lost_pack_is_not_a_home_until_it_is_found_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ix = ChunkIndex::open(&dir.path().join("index.sqlite")).unwrap();
+        let (p1, p2) = (PackId([1u8; 32]), PackId([2u8; 32]));
+        let shared = PackEntry { id: ChunkId([7u8; 32]), kind: KIND_DATA, offset: 8, sealed_len: 100, raw_len: 60 };
+        let only = PackEntry { id: ChunkId([8u8; 32]), kind: KIND_DATA, offset: 108, sealed_len: 100, raw_len: 60 };
+        ix.add_pack(&p1, 4096, &[shared.clone(), only.clone()], 1).unwrap();
+        ix.add_pack(&p2, 4096, std::slice::from_ref(&shared), 2).unwrap();
+        assert!(ix.mark_lost(&p1, 3).unwrap());
+        assert!(!ix.mark_lost(&p1, 4).unwrap(), "already marked");
+        assert!(ix.contains(&shared.id).unwrap(), "it still lives in p2");
+        assert_eq!(ix.lookup(&shared.id).unwrap().unwrap().pack, p2);
+        assert!(!ix.contains(&only.id).unwrap(), "its only home is lost: upload it again");
+        assert_eq!(ix.lookup(&only.id).unwrap(), None);
+        let mut orphans = Vec::new();
+        ix.for_each_orphaned_chunk(|c| {
+            orphans.push(c);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(orphans, vec![only.id]);
+        assert_eq!(ix.lost_packs().unwrap(), vec![(p1, 4096)]);
+        assert_eq!(ix.packs().unwrap(), vec![(p2, 4096)]);
+        // Found again (sync_index reads it back): live again.
+        ix.add_pack(&p1, 4096, &[shared, only.clone()], 5).unwrap();
+        assert!(ix.contains(&only.id).unwrap());
+        assert!(ix.lost_packs().unwrap().is_empty());
     }
 }

@@ -5,17 +5,30 @@
 //! The `files` table holds, per changeset, only the entries that changed in
 //! it. The tree as of changeset N is, for every path, its newest row with
 //! changeset <= N, unless that row is a removal or a failed read.
-//! Invariant: at most one changeset is not `complete`, and it is the newest,
-//! so "<= N" never sees a half-done changeset when N is complete.
+//! Invariants:
+//! - at most one changeset is pending or uploading, and it is the newest,
+//!   so "<= N" never sees a half-done changeset when N is complete;
+//! - a `damaged` changeset (its manifest is in the repository but cannot be
+//!   read) keeps its number and has no rows; the changeset after it is
+//!   written as a full manifest, so nothing later depends on it;
+//! - an attempt that can never finish (its snapshot was destroyed) leaves
+//!   `changesets` for `failed_changesets` with its rows deleted, so numbers
+//!   stay contiguous, as they are in the repository;
+//! - every row carries a checksum (rows.rs), checked on every read.
 
 pub mod index;
+pub mod rows;
 pub mod schema;
 
 use anyhow::{Context, Result, bail};
-use rusqlite::{Connection, OptionalExtension, Row, params};
-use std::path::Path;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use std::path::{Path, PathBuf};
 
-use crate::model::{ChangeKind, ChunkId, FileType, Metadata, split_path};
+use rows::{RawFile, cs_from_row, cs_from_row_unchecked, cs_sum, file_from_row};
+pub use rows::{chunks_from_blob, chunks_to_blob, decode_xattrs, encode_xattrs};
+use schema::Explain;
+
+use crate::model::{ChangeKind, ChunkId, Metadata, display_path};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChangesetStatus {
@@ -25,7 +38,11 @@ pub enum ChangesetStatus {
     Uploading,
     /// Manifest confirmed stored.
     Complete,
+    /// Ended without a manifest (`failed_changesets` rows only).
     Failed,
+    /// The repository holds this number but its manifest cannot be read (or
+    /// an earlier link of its chain is missing): not restorable.
+    Damaged,
 }
 
 impl ChangesetStatus {
@@ -35,15 +52,18 @@ impl ChangesetStatus {
             ChangesetStatus::Uploading => "uploading",
             ChangesetStatus::Complete => "complete",
             ChangesetStatus::Failed => "failed",
+            ChangesetStatus::Damaged => "damaged",
         }
     }
-    fn parse(s: &str) -> ChangesetStatus {
-        match s {
+    pub fn parse(s: &str) -> Option<ChangesetStatus> {
+        Some(match s {
             "pending" => ChangesetStatus::Pending,
             "uploading" => ChangesetStatus::Uploading,
             "complete" => ChangesetStatus::Complete,
-            _ => ChangesetStatus::Failed,
-        }
+            "failed" => ChangesetStatus::Failed,
+            "damaged" => ChangesetStatus::Damaged,
+            _ => return None,
+        })
     }
 }
 
@@ -72,31 +92,23 @@ pub struct ChangesetRow {
 }
 
 const CS_COLS: &str = "id, uid, parent, snapshot, source, identity, method, kind, status, started_at, listed_at, \
-     completed_at, n_added, n_modified, n_metadata, n_removed, n_failed, bytes_changed, bytes_uploaded, manifest_key";
+     completed_at, n_added, n_modified, n_metadata, n_removed, n_failed, bytes_changed, bytes_uploaded, manifest_key, sum";
 
-fn cs_from_row(r: &Row) -> rusqlite::Result<ChangesetRow> {
-    Ok(ChangesetRow {
-        id: r.get(0)?,
-        uid: r.get(1)?,
-        parent: r.get(2)?,
-        snapshot: r.get(3)?,
-        source: r.get(4)?,
-        identity: r.get(5)?,
-        method: r.get(6)?,
-        kind: r.get(7)?,
-        status: ChangesetStatus::parse(&r.get::<_, String>(8)?),
-        started_at: r.get(9)?,
-        listed_at: r.get(10)?,
-        completed_at: r.get(11)?,
-        n_added: r.get::<_, i64>(12)? as u64,
-        n_modified: r.get::<_, i64>(13)? as u64,
-        n_metadata: r.get::<_, i64>(14)? as u64,
-        n_removed: r.get::<_, i64>(15)? as u64,
-        n_failed: r.get::<_, i64>(16)? as u64,
-        bytes_changed: r.get::<_, i64>(17)? as u64,
-        bytes_uploaded: r.get::<_, i64>(18)? as u64,
-        manifest_key: r.get(19)?,
-    })
+/// An attempt that ended without a manifest (`abandon`, or its snapshot
+/// vanished before its upload finished).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FailedChangeset {
+    pub uid: String,
+    /// The number it would have had; the next changeset took it instead.
+    pub number: i64,
+    pub snapshot: String,
+    pub source: String,
+    pub identity: String,
+    pub started_at: i64,
+    pub failed_at: i64,
+    pub reason: String,
+    pub files: u64,
+    pub bytes_uploaded: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,12 +120,13 @@ pub enum FileStatus {
 }
 
 impl FileStatus {
-    fn from_i64(v: i64) -> FileStatus {
-        match v {
+    fn from_i64(v: i64) -> Option<FileStatus> {
+        Some(match v {
             0 => FileStatus::Pending,
             1 => FileStatus::Stored,
-            _ => FileStatus::Failed,
-        }
+            2 => FileStatus::Failed,
+            _ => return None,
+        })
     }
 }
 
@@ -132,88 +145,14 @@ pub struct FileRow {
     pub confirmed_at: Option<i64>,
 }
 
-const FILE_COLS: &str = "f.changeset, f.path, f.kind, f.status, f.ftype, f.mode, f.uid, f.gid, f.size, f.mtime_ns, \
-     f.ctime_ns, f.ino, f.nlink, f.rdev, f.symlink, f.xattrs, f.chunks, f.file_hash, f.error, f.uploaded_at, f.confirmed_at";
-
-/// Encode xattrs as `count u32 | (len u32, name, len u32, value)*`.
-pub fn encode_xattrs(x: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(x.len() as u32).to_le_bytes());
-    for (k, v) in x {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(k);
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        out.extend_from_slice(v);
-    }
-    out
-}
-
-pub fn decode_xattrs(b: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        if b.len() < n {
-            return None;
-        }
-        let (a, rest) = b.split_at(n);
-        *b = rest;
-        Some(a)
-    }
-    fn u32_of(b: &mut &[u8]) -> Option<usize> {
-        Some(u32::from_le_bytes(take(b, 4)?.try_into().ok()?) as usize)
-    }
-    let mut b = b;
-    let n = u32_of(&mut b)?;
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let kl = u32_of(&mut b)?;
-        let k = take(&mut b, kl)?.to_vec();
-        let vl = u32_of(&mut b)?;
-        let v = take(&mut b, vl)?.to_vec();
-        out.push((k, v));
-    }
-    Some(out)
-}
-
-pub fn chunks_to_blob(chunks: &[ChunkId]) -> Vec<u8> {
-    chunks.iter().flat_map(|c| c.0).collect()
-}
-
-pub fn chunks_from_blob(b: &[u8]) -> Vec<ChunkId> {
-    b.chunks_exact(32).filter_map(ChunkId::from_slice).collect()
-}
-
-fn file_from_row(r: &Row) -> rusqlite::Result<FileRow> {
-    let kind = ChangeKind::from_u8(r.get::<_, i64>(2)? as u8).unwrap_or(ChangeKind::Modified);
-    let ftype: Option<i64> = r.get(4)?;
-    let meta = match ftype.and_then(|t| FileType::from_u8(t as u8)) {
-        Some(ftype) if kind != ChangeKind::Removed => Some(Metadata {
-            ftype,
-            mode: r.get::<_, i64>(5)? as u32,
-            uid: r.get::<_, i64>(6)? as u32,
-            gid: r.get::<_, i64>(7)? as u32,
-            size: r.get::<_, i64>(8)? as u64,
-            mtime_ns: r.get(9)?,
-            ctime_ns: r.get(10)?,
-            ino: r.get::<_, i64>(11)? as u64,
-            nlink: r.get::<_, i64>(12)? as u64,
-            rdev: r.get::<_, i64>(13)? as u64,
-            symlink_target: r.get(14)?,
-            xattrs: r.get::<_, Option<Vec<u8>>>(15)?.and_then(|b| decode_xattrs(&b)).unwrap_or_default(),
-        }),
-        _ => None,
-    };
-    Ok(FileRow {
-        changeset: r.get(0)?,
-        path: r.get(1)?,
-        kind,
-        status: FileStatus::from_i64(r.get(3)?),
-        meta,
-        chunks: r.get::<_, Option<Vec<u8>>>(16)?.map(|b| chunks_from_blob(&b)).unwrap_or_default(),
-        file_hash: r.get::<_, Option<Vec<u8>>>(17)?.and_then(|b| b.try_into().ok()),
-        error: r.get(18)?,
-        uploaded_at: r.get(19)?,
-        confirmed_at: r.get(20)?,
-    })
-}
+/// The columns `rows::RawFile::read` expects, in its order.
+const FILE_COLS: &str = "f.changeset, f.path, f.dir, f.kind, f.status, f.ftype, f.mode, f.uid, f.gid, f.size, \
+     f.mtime_ns, f.ctime_ns, f.ino, f.nlink, f.rdev, f.symlink, f.xattrs, f.chunks, f.file_hash, f.error, \
+     f.uploaded_at, f.confirmed_at, f.sum";
+const FILE_INSERT: &str = "INSERT OR REPLACE INTO files (changeset, path, dir, kind, status, ftype, mode, uid, gid, \
+     size, mtime_ns, ctime_ns, ino, nlink, rdev, symlink, xattrs, chunks, file_hash, error, uploaded_at, \
+     confirmed_at, sum) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+     ?19, ?20, ?21, ?22, ?23)";
 
 /// Upper bound of the byte range of paths strictly below `prefix/`.
 fn subtree_bounds(prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
@@ -224,14 +163,17 @@ fn subtree_bounds(prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (lo, hi)
 }
 
-/// The newest row per path as of changeset `n`, present and readable.
+/// The newest row per path as of changeset `n`, unless it is a removal or
+/// a failed read. (Rows of unknown kind or status are not filtered out
+/// here: decoding them is an error that names them, never a silent gap.)
 const LATEST: &str = "f.changeset <= ?1 AND f.changeset = \
      (SELECT max(g.changeset) FROM files g WHERE g.path = f.path AND g.changeset <= ?1) \
-     AND f.kind != 4 AND f.status = 1";
+     AND f.kind != 4 AND f.status != 2";
 
 pub struct Catalog {
     conn: Connection,
     dataset: String,
+    path: PathBuf,
 }
 
 pub struct NewChangeset<'a> {
@@ -247,26 +189,28 @@ impl Catalog {
     /// that belongs to another dataset.
     pub fn open(path: &Path, dataset: &str) -> Result<Catalog> {
         let mut conn = schema::open_db(path)?;
-        schema::migrate(&mut conn, schema::DATASET_MIGRATIONS, "catalog")?;
+        schema::migrate(&mut conn, schema::DATASET_MIGRATIONS, "catalog", path)?;
         let existing: Option<String> =
-            conn.query_row("SELECT value FROM meta WHERE key = 'dataset'", [], |r| r.get(0)).optional()?;
+            conn.query_row("SELECT value FROM meta WHERE key = 'dataset'", [], |r| r.get(0)).optional().db(path)?;
         match existing {
             Some(d) if d != dataset => {
                 bail!("catalog {} belongs to dataset {d:?}, not {dataset:?}: check --state-dir", path.display())
             }
             Some(_) => {}
             None => {
-                conn.execute("INSERT INTO meta (key, value) VALUES ('dataset', ?1)", params![dataset])?;
+                conn.execute("INSERT INTO meta (key, value) VALUES ('dataset', ?1)", params![dataset]).db(path)?;
             }
         }
-        Ok(Catalog { conn, dataset: dataset.to_string() })
+        let mut c = Catalog { conn, dataset: dataset.to_string(), path: path.to_path_buf() };
+        c.backfill_sums()?;
+        Ok(c)
     }
 
     /// The dataset a catalog file belongs to, without creating anything.
     pub fn dataset_name_of(path: &Path) -> Result<String> {
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        conn.busy_timeout(std::time::Duration::from_secs(60))?;
-        Ok(conn.query_row("SELECT value FROM meta WHERE key = 'dataset'", [], |r| r.get(0))?)
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).db(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(60)).db(path)?;
+        conn.query_row("SELECT value FROM meta WHERE key = 'dataset'", [], |r| r.get(0)).db(path)
     }
 
     pub fn dataset(&self) -> &str {
@@ -277,83 +221,111 @@ impl Catalog {
         &self.conn
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Catalogs made before rows had checksums get theirs once, here. After
+    /// that, a row without one is damage.
+    fn backfill_sums(&mut self) -> Result<()> {
+        let done: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'row_sums'", [], |r| r.get(0))
+            .optional()
+            .db(&self.path)?;
+        if done.is_some() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction().db(&self.path)?;
+        {
+            let mut st = tx.prepare(&format!("SELECT {FILE_COLS} FROM files f")).db(&self.path)?;
+            let mut up = tx.prepare("UPDATE files SET sum = ?3 WHERE changeset = ?1 AND path = ?2").db(&self.path)?;
+            let mut rows = st.query([]).db(&self.path)?;
+            while let Some(r) = rows.next().db(&self.path)? {
+                let (raw, _) = RawFile::read(r, 0).db(&self.path)?;
+                up.execute(params![raw.changeset, raw.path, raw.sum()]).db(&self.path)?;
+            }
+            let mut st = tx.prepare(&format!("SELECT {CS_COLS} FROM changesets")).db(&self.path)?;
+            let mut up = tx.prepare("UPDATE changesets SET sum = ?2 WHERE id = ?1").db(&self.path)?;
+            let mut rows = st.query([]).db(&self.path)?;
+            while let Some(r) = rows.next().db(&self.path)? {
+                let (row, _) = cs_from_row_unchecked(r).db(&self.path)?;
+                up.execute(params![row.id, cs_sum(&row)]).db(&self.path)?;
+            }
+            tx.execute("INSERT INTO meta (key, value) VALUES ('row_sums', 'v1')", []).db(&self.path)?;
+        }
+        tx.commit().db(&self.path)
+    }
+
+    /// Wrap an error of this catalog with its file and the way out.
+    fn explain<T>(&self, r: rusqlite::Result<T>) -> Result<T> {
+        r.db(&self.path).with_context(|| format!("catalog of dataset {}", self.dataset))
+    }
+
     // ---- changesets ----
 
     pub fn changesets(&self) -> Result<Vec<ChangesetRow>> {
-        let mut st = self.conn.prepare(&format!("SELECT {CS_COLS} FROM changesets ORDER BY id"))?;
-        let rows = st.query_map([], cs_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut st = self.explain(self.conn.prepare(&format!("SELECT {CS_COLS} FROM changesets ORDER BY id")))?;
+        let rows = self.explain(st.query_map([], cs_from_row))?;
+        self.explain(rows.collect::<rusqlite::Result<_>>())
     }
 
     pub fn changeset(&self, id: i64) -> Result<Option<ChangesetRow>> {
-        Ok(self
-            .conn
-            .query_row(&format!("SELECT {CS_COLS} FROM changesets WHERE id = ?1"), params![id], cs_from_row)
-            .optional()?)
+        self.explain(
+            self.conn
+                .query_row(&format!("SELECT {CS_COLS} FROM changesets WHERE id = ?1"), params![id], cs_from_row)
+                .optional(),
+        )
     }
 
     pub fn changeset_by_snapshot(&self, snapshot: &str) -> Result<Option<ChangesetRow>> {
-        Ok(self
-            .conn
-            .query_row(&format!("SELECT {CS_COLS} FROM changesets WHERE snapshot = ?1"), params![snapshot], cs_from_row)
-            .optional()?)
+        self.explain(
+            self.conn
+                .query_row(
+                    &format!("SELECT {CS_COLS} FROM changesets WHERE snapshot = ?1"),
+                    params![snapshot],
+                    cs_from_row,
+                )
+                .optional(),
+        )
     }
 
+    fn one_where(&self, cond: &str) -> Result<Option<ChangesetRow>> {
+        self.explain(
+            self.conn
+                .query_row(
+                    &format!("SELECT {CS_COLS} FROM changesets WHERE {cond} ORDER BY id DESC LIMIT 1"),
+                    [],
+                    cs_from_row,
+                )
+                .optional(),
+        )
+    }
+
+    /// The newest restorable changeset: the base of the next diff.
     pub fn latest_complete(&self) -> Result<Option<ChangesetRow>> {
-        Ok(self
-            .conn
-            .query_row(
-                &format!("SELECT {CS_COLS} FROM changesets WHERE status = 'complete' ORDER BY id DESC LIMIT 1"),
-                [],
-                cs_from_row,
-            )
-            .optional()?)
+        self.one_where("status = 'complete'")
     }
 
-    /// The one changeset that is not complete, if any.
+    /// The newest changeset of any status.
+    pub fn latest(&self) -> Result<Option<ChangesetRow>> {
+        self.one_where("1")
+    }
+
+    /// The one changeset that is being listed or uploaded, if any.
     pub fn incomplete(&self) -> Result<Option<ChangesetRow>> {
-        Ok(self
-            .conn
-            .query_row(
-                &format!("SELECT {CS_COLS} FROM changesets WHERE status != 'complete' ORDER BY id DESC LIMIT 1"),
-                [],
-                cs_from_row,
-            )
-            .optional()?)
+        self.one_where("status IN ('pending', 'uploading')")
     }
 
-    pub fn create_changeset(&mut self, new: &NewChangeset) -> Result<ChangesetRow> {
-        if let Some(open) = self.incomplete()? {
-            bail!("changeset {} of {} is not complete yet; it must finish first", open.id, self.dataset);
-        }
-        let parent = self.latest_complete()?.map(|c| c.id);
-        let id = parent.map_or(1, |p| p + 1);
-        let mut rnd = [0u8; 16];
-        getrandom::fill(&mut rnd).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-        self.conn
-            .execute(
-                "INSERT INTO changesets (id, uid, parent, snapshot, source, identity, method, status, started_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8)",
-                params![
-                    id,
-                    hex::encode(rnd),
-                    parent,
-                    new.snapshot,
-                    new.source,
-                    new.identity,
-                    new.method,
-                    new.started_at
-                ],
-            )
-            .with_context(|| format!("cannot record changeset for snapshot {}", new.snapshot))?;
-        self.changeset(id)?.context("changeset vanished after insert")
+    /// The newest full (checkpoint) changeset at or before `n`.
+    pub fn full_at_or_before(&self, n: i64) -> Result<Option<ChangesetRow>> {
+        self.one_where(&format!("status = 'complete' AND kind = 'full' AND id <= {n}"))
     }
 
-    /// Insert a changeset as read back from a manifest (catalog rebuild).
-    pub fn insert_rebuilt_changeset(&mut self, row: &ChangesetRow) -> Result<()> {
-        self.conn.execute(
+    fn insert_changeset(tx: &Connection, row: &ChangesetRow, path: &Path) -> Result<()> {
+        tx.execute(
             &format!(
-                "INSERT INTO changesets ({CS_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+                "INSERT INTO changesets ({CS_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
             ),
             params![
                 row.id,
@@ -375,39 +347,172 @@ impl Catalog {
                 row.n_failed as i64,
                 row.bytes_changed as i64,
                 row.bytes_uploaded as i64,
-                row.manifest_key
+                row.manifest_key,
+                cs_sum(row),
             ],
-        )?;
+        )
+        .db(path)
+        .with_context(|| format!("cannot record changeset {} (snapshot {})", row.id, row.snapshot))?;
         Ok(())
+    }
+
+    /// Start changeset max(id) + 1, whose parent is the newest changeset of
+    /// any status, as in the repository's chain.
+    pub fn create_changeset(&mut self, new: &NewChangeset) -> Result<ChangesetRow> {
+        if let Some(open) = self.incomplete()? {
+            bail!("changeset {} of {} is not complete yet; it must finish first", open.id, self.dataset);
+        }
+        let parent = self.latest()?.map(|c| c.id);
+        let id = parent.map_or(1, |p| p + 1);
+        let mut rnd = [0u8; 16];
+        getrandom::fill(&mut rnd).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let row = ChangesetRow {
+            id,
+            uid: hex::encode(rnd),
+            parent,
+            snapshot: new.snapshot.to_string(),
+            source: new.source.to_string(),
+            identity: new.identity.to_string(),
+            method: new.method.to_string(),
+            kind: None,
+            status: ChangesetStatus::Pending,
+            started_at: new.started_at,
+            listed_at: None,
+            completed_at: None,
+            n_added: 0,
+            n_modified: 0,
+            n_metadata: 0,
+            n_removed: 0,
+            n_failed: 0,
+            bytes_changed: 0,
+            bytes_uploaded: 0,
+            manifest_key: None,
+        };
+        Self::insert_changeset(&self.conn, &row, &self.path)?;
+        self.changeset(id)?.context("changeset vanished after insert")
+    }
+
+    /// Insert a changeset as read back from a manifest (catalog rebuild).
+    pub fn insert_rebuilt_changeset(&mut self, row: &ChangesetRow) -> Result<()> {
+        Self::insert_changeset(&self.conn, row, &self.path)
     }
 
     /// Drop a changeset whose listing never finished, with its rows.
     pub fn discard_changeset(&mut self, id: i64) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM files WHERE changeset = ?1", params![id])?;
-        tx.execute("DELETE FROM changesets WHERE id = ?1", params![id])?;
-        tx.commit()?;
+        let tx = self.conn.transaction().db(&self.path)?;
+        tx.execute("DELETE FROM files WHERE changeset = ?1", params![id]).db(&self.path)?;
+        tx.execute("DELETE FROM changesets WHERE id = ?1", params![id]).db(&self.path)?;
+        tx.commit().db(&self.path)
+    }
+
+    /// End an unfinished changeset for good: it moves to
+    /// `failed_changesets` (its number is free again, so the repository's
+    /// numbers stay contiguous) and its rows go. Packs it uploaded stay in
+    /// the repository and the index: later changesets may use them.
+    pub fn abandon_changeset(&mut self, id: i64, reason: &str, now: i64) -> Result<FailedChangeset> {
+        let row = self.changeset(id)?.with_context(|| format!("no changeset {id} in dataset {}", self.dataset))?;
+        if !matches!(row.status, ChangesetStatus::Pending | ChangesetStatus::Uploading) {
+            bail!(
+                "changeset {id} ({}) of dataset {} is {}: only an unfinished changeset can be abandoned",
+                row.snapshot,
+                self.dataset,
+                row.status.as_str()
+            );
+        }
+        let files = self.explain(self.conn.query_row(
+            "SELECT count(*) FROM files WHERE changeset = ?1",
+            params![id],
+            |r| r.get::<_, i64>(0),
+        ))? as u64;
+        let failed = FailedChangeset {
+            uid: row.uid.clone(),
+            number: id,
+            snapshot: row.snapshot.clone(),
+            source: row.source.clone(),
+            identity: row.identity.clone(),
+            started_at: row.started_at,
+            failed_at: now,
+            reason: reason.to_string(),
+            files,
+            bytes_uploaded: row.bytes_uploaded,
+        };
+        let tx = self.conn.transaction().db(&self.path)?;
+        tx.execute(
+            "INSERT INTO failed_changesets (uid, number, snapshot, source, identity, started_at, failed_at, reason, \
+             files, bytes_uploaded) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                failed.uid,
+                failed.number,
+                failed.snapshot,
+                failed.source,
+                failed.identity,
+                failed.started_at,
+                failed.failed_at,
+                failed.reason,
+                failed.files as i64,
+                failed.bytes_uploaded as i64
+            ],
+        )
+        .db(&self.path)?;
+        tx.execute("DELETE FROM files WHERE changeset = ?1", params![id]).db(&self.path)?;
+        tx.execute("DELETE FROM changesets WHERE id = ?1", params![id]).db(&self.path)?;
+        tx.commit().db(&self.path)?;
+        Ok(failed)
+    }
+
+    /// Every attempt that ended without a manifest, oldest first.
+    pub fn failed_changesets(&self) -> Result<Vec<FailedChangeset>> {
+        let mut st = self.explain(self.conn.prepare(
+            "SELECT uid, number, snapshot, source, identity, started_at, failed_at, reason, files, bytes_uploaded \
+             FROM failed_changesets ORDER BY failed_at, number",
+        ))?;
+        let rows = self.explain(st.query_map([], |r| {
+            Ok(FailedChangeset {
+                uid: r.get(0)?,
+                number: r.get(1)?,
+                snapshot: r.get(2)?,
+                source: r.get(3)?,
+                identity: r.get(4)?,
+                started_at: r.get(5)?,
+                failed_at: r.get(6)?,
+                reason: r.get(7)?,
+                files: r.get::<_, i64>(8)? as u64,
+                bytes_uploaded: r.get::<_, i64>(9)? as u64,
+            })
+        }))?;
+        self.explain(rows.collect::<rusqlite::Result<_>>())
+    }
+
+    /// Re-derive the checksum of a changeset row after an update.
+    fn refresh_cs_sum(&self, id: i64) -> Result<()> {
+        let (row, _) = self.explain(self.conn.query_row(
+            &format!("SELECT {CS_COLS} FROM changesets WHERE id = ?1"),
+            params![id],
+            cs_from_row_unchecked,
+        ))?;
+        self.explain(self.conn.execute("UPDATE changesets SET sum = ?2 WHERE id = ?1", params![id, cs_sum(&row)]))?;
         Ok(())
     }
 
     pub fn set_listed(&mut self, id: i64, now: i64, method: &str) -> Result<()> {
-        self.conn.execute(
+        self.explain(self.conn.execute(
             "UPDATE changesets SET status = 'uploading', listed_at = ?2, method = ?3 WHERE id = ?1",
             params![id, now, method],
-        )?;
-        Ok(())
+        ))?;
+        self.refresh_cs_sum(id)
     }
 
     /// Counts per change kind and bytes of changed content, from the rows.
     pub fn tally(&self, id: i64) -> Result<(u64, u64, u64, u64, u64, u64)> {
-        let mut st = self.conn.prepare(
+        let mut st = self.explain(self.conn.prepare(
             "SELECT kind, status, count(*), coalesce(sum(CASE WHEN kind IN (1,2) THEN size ELSE 0 END), 0) \
              FROM files WHERE changeset = ?1 GROUP BY kind, status",
-        )?;
-        let mut rows = st.query(params![id])?;
+        ))?;
+        let mut rows = self.explain(st.query(params![id]))?;
         let (mut a, mut m, mut md, mut rm, mut failed, mut bytes) = (0, 0, 0, 0, 0, 0);
-        while let Some(r) = rows.next()? {
-            let (kind, status, n, b): (i64, i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        while let Some(r) = self.explain(rows.next())? {
+            let (kind, status, n, b): (i64, i64, i64, i64) =
+                self.explain((|| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))())?;
             if status == FileStatus::Failed as i64 {
                 failed += n as u64;
                 continue;
@@ -418,7 +523,11 @@ impl Catalog {
                 Some(ChangeKind::Modified) => m += n as u64,
                 Some(ChangeKind::Metadata) => md += n as u64,
                 Some(ChangeKind::Removed) => rm += n as u64,
-                None => {}
+                None => bail!(
+                    "catalog {} holds {n} rows of changeset {id} with unknown change kind {kind}: it is damaged; run `n2s-agent catalog rebuild --dataset {}`",
+                    self.path.display(),
+                    self.dataset
+                ),
             }
         }
         Ok((a, m, md, rm, failed, bytes))
@@ -433,7 +542,7 @@ impl Catalog {
         bytes_uploaded: u64,
     ) -> Result<()> {
         let (a, m, md, rm, failed, bytes) = self.tally(id)?;
-        self.conn.execute(
+        self.explain(self.conn.execute(
             "UPDATE changesets SET status = 'complete', kind = ?2, manifest_key = ?3, completed_at = ?4, \
              n_added = ?5, n_modified = ?6, n_metadata = ?7, n_removed = ?8, n_failed = ?9, bytes_changed = ?10, \
              bytes_uploaded = bytes_uploaded + ?11 WHERE id = ?1",
@@ -450,16 +559,16 @@ impl Catalog {
                 bytes as i64,
                 bytes_uploaded as i64
             ],
-        )?;
-        Ok(())
+        ))?;
+        self.refresh_cs_sum(id)
     }
 
     /// Add to the bytes uploaded for a changeset (kept across resumes).
     pub fn add_uploaded(&mut self, id: i64, bytes: u64) -> Result<()> {
-        self.conn.execute(
+        self.explain(self.conn.execute(
             "UPDATE changesets SET bytes_uploaded = bytes_uploaded + ?2 WHERE id = ?1",
             params![id, bytes as i64],
-        )?;
+        ))?;
         Ok(())
     }
 
@@ -467,132 +576,132 @@ impl Catalog {
 
     /// Insert rows in one transaction (the caller batches).
     pub fn insert_files(&mut self, rows: &[FileRow]) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction().db(&self.path)?;
         {
-            let mut st = tx.prepare_cached(
-                "INSERT OR REPLACE INTO files (changeset, path, dir, kind, status, ftype, mode, uid, gid, size, mtime_ns, \
-                 ctime_ns, ino, nlink, rdev, symlink, xattrs, chunks, file_hash, error, uploaded_at, confirmed_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
-            )?;
+            let mut st = tx.prepare_cached(FILE_INSERT).db(&self.path)?;
             for r in rows {
-                let (dir, _) = split_path(&r.path);
-                let m = r.meta.as_ref();
-                st.execute(params![
-                    r.changeset,
-                    &r.path,
-                    if r.path.is_empty() { &b"\0"[..] } else { dir },
-                    r.kind as u8 as i64,
-                    r.status as u8 as i64,
-                    m.map(|m| m.ftype as u8 as i64),
-                    m.map(|m| m.mode as i64),
-                    m.map(|m| m.uid as i64),
-                    m.map(|m| m.gid as i64),
-                    m.map(|m| m.size as i64),
-                    m.map(|m| m.mtime_ns),
-                    m.map(|m| m.ctime_ns),
-                    m.map(|m| m.ino as i64),
-                    m.map(|m| m.nlink as i64),
-                    m.map(|m| m.rdev as i64),
-                    m.and_then(|m| m.symlink_target.clone()),
-                    m.map(|m| encode_xattrs(&m.xattrs)),
-                    (!r.chunks.is_empty()).then(|| chunks_to_blob(&r.chunks)),
-                    r.file_hash.map(|h| h.to_vec()),
-                    r.error,
-                    r.uploaded_at,
-                    r.confirmed_at,
-                ])?;
+                st.execute(params_from_iter(RawFile::of(r).values())).db(&self.path)?;
             }
         }
-        tx.commit()?;
-        Ok(())
+        tx.commit().db(&self.path)
     }
 
     /// Files of changeset `cs` still waiting for content, after `after` in
     /// path order (paged so memory stays bounded).
     pub fn pending_files(&self, cs: i64, after: Option<&[u8]>, limit: usize) -> Result<Vec<FileRow>> {
-        let mut st = self.conn.prepare_cached(&format!(
+        let mut st = self.explain(self.conn.prepare_cached(&format!(
             "SELECT {FILE_COLS} FROM files f WHERE f.changeset = ?1 AND f.status = 0 AND f.path > ?2 \
              ORDER BY f.path LIMIT ?3"
-        ))?;
+        )))?;
         let after = after.map(<[u8]>::to_vec);
         // Every path sorts after the empty blob except the root itself, which
         // is never pending (it is a directory).
-        let rows = st.query_map(params![cs, after.unwrap_or_default(), limit as i64], file_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = self.explain(st.query_map(params![cs, after.unwrap_or_default(), limit as i64], file_from_row))?;
+        self.explain(rows.collect::<rusqlite::Result<_>>())
     }
 
     pub fn count_pending(&self, cs: i64) -> Result<u64> {
-        Ok(self.conn.query_row("SELECT count(*) FROM files WHERE changeset = ?1 AND status = 0", params![cs], |r| {
-            r.get::<_, i64>(0)
-        })? as u64)
+        Ok(self.explain(self.conn.query_row(
+            "SELECT count(*) FROM files WHERE changeset = ?1 AND status = 0",
+            params![cs],
+            |r| r.get::<_, i64>(0),
+        ))? as u64)
+    }
+
+    /// Rewrite rows of changeset `cs` in one transaction: each is read,
+    /// changed by `update`, and written back with a fresh checksum.
+    fn update_files<T>(
+        &mut self,
+        cs: i64,
+        items: &[T],
+        path_of: impl Fn(&T) -> &[u8],
+        update: impl Fn(&T, &mut RawFile),
+    ) -> Result<()> {
+        let tx = self.conn.transaction().db(&self.path)?;
+        {
+            let mut get = tx
+                .prepare_cached(&format!("SELECT {FILE_COLS} FROM files f WHERE f.changeset = ?1 AND f.path = ?2"))
+                .db(&self.path)?;
+            let mut put = tx.prepare_cached(FILE_INSERT).db(&self.path)?;
+            for item in items {
+                let path = path_of(item);
+                let (mut raw, _) = get
+                    .query_row(params![cs, path], |r| RawFile::read(r, 0))
+                    .db(&self.path)
+                    .with_context(|| format!("changeset {cs} has no row for {}", display_path(path)))?;
+                update(item, &mut raw);
+                put.execute(params_from_iter(raw.values())).db(&self.path)?;
+            }
+        }
+        tx.commit().db(&self.path)
     }
 
     /// Record files whose content is confirmed stored, in one transaction.
     pub fn mark_stored(&mut self, cs: i64, done: &[StoredFile], now: i64) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut st = tx.prepare_cached(
-                "UPDATE files SET status = 1, chunks = ?3, file_hash = ?4, size = ?5, uploaded_at = ?6, \
-                 confirmed_at = ?7, error = NULL WHERE changeset = ?1 AND path = ?2",
-            )?;
-            for d in done {
-                st.execute(params![
-                    cs,
-                    &d.path,
-                    (!d.chunks.is_empty()).then(|| chunks_to_blob(&d.chunks)),
-                    &d.file_hash[..],
-                    d.size as i64,
-                    d.uploaded_at,
-                    now
-                ])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        self.update_files(
+            cs,
+            done,
+            |d| &d.path,
+            |d, raw| {
+                raw.status = FileStatus::Stored as i64;
+                raw.chunks = (!d.chunks.is_empty()).then(|| chunks_to_blob(&d.chunks));
+                raw.file_hash = Some(d.file_hash.to_vec());
+                raw.ints[4] = Some(d.size as i64);
+                raw.uploaded_at = Some(d.uploaded_at);
+                raw.confirmed_at = Some(now);
+                raw.error = d.note.clone();
+            },
+        )
     }
 
     pub fn mark_failed(&mut self, cs: i64, path: &[u8], error: &str) -> Result<()> {
-        self.conn.execute(
-            "UPDATE files SET status = 2, error = ?3 WHERE changeset = ?1 AND path = ?2",
-            params![cs, path, error],
-        )?;
-        Ok(())
+        self.update_files(
+            cs,
+            &[path],
+            |p| p,
+            |_, raw| {
+                raw.status = FileStatus::Failed as i64;
+                raw.error = Some(error.to_string());
+            },
+        )
     }
 
     /// Rows of one changeset in path order, streamed.
     pub fn for_each_in_changeset(&self, cs: i64, mut f: impl FnMut(FileRow) -> Result<()>) -> Result<()> {
-        let mut st =
-            self.conn.prepare(&format!("SELECT {FILE_COLS} FROM files f WHERE f.changeset = ?1 ORDER BY f.path"))?;
-        let mut rows = st.query(params![cs])?;
-        while let Some(r) = rows.next()? {
-            f(file_from_row(r)?)?;
+        let mut st = self.explain(
+            self.conn.prepare(&format!("SELECT {FILE_COLS} FROM files f WHERE f.changeset = ?1 ORDER BY f.path")),
+        )?;
+        let mut rows = self.explain(st.query(params![cs]))?;
+        while let Some(r) = self.explain(rows.next())? {
+            f(self.explain(file_from_row(r))?)?;
         }
         Ok(())
     }
 
     /// The entry at `path` as of changeset `n`.
     pub fn entry_at(&self, n: i64, path: &[u8]) -> Result<Option<FileRow>> {
-        let mut st =
-            self.conn.prepare_cached(&format!("SELECT {FILE_COLS} FROM files f WHERE f.path = ?2 AND {LATEST}"))?;
-        Ok(st.query_row(params![n, path], file_from_row).optional()?)
+        let mut st = self.explain(
+            self.conn.prepare_cached(&format!("SELECT {FILE_COLS} FROM files f WHERE f.path = ?2 AND {LATEST}")),
+        )?;
+        self.explain(st.query_row(params![n, path], file_from_row).optional())
     }
 
     /// The children of directory `dir` as of changeset `n`, by name.
     pub fn children_at(&self, n: i64, dir: &[u8]) -> Result<Vec<FileRow>> {
-        let mut st = self.conn.prepare_cached(&format!(
+        let mut st = self.explain(self.conn.prepare_cached(&format!(
             "SELECT {FILE_COLS} FROM files f WHERE f.dir = ?2 AND {LATEST} ORDER BY f.path"
-        ))?;
-        let rows = st.query_map(params![n, dir], file_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        )))?;
+        let rows = self.explain(st.query_map(params![n, dir], file_from_row))?;
+        self.explain(rows.collect::<rusqlite::Result<_>>())
     }
 
     /// Every path of hardlinked inode `ino` as of changeset `n`.
     pub fn hardlinks_at(&self, n: i64, ino: u64) -> Result<Vec<FileRow>> {
-        let mut st = self.conn.prepare_cached(&format!(
+        let mut st = self.explain(self.conn.prepare_cached(&format!(
             "SELECT {FILE_COLS} FROM files f WHERE f.ino = ?2 AND f.nlink > 1 AND {LATEST} ORDER BY f.path"
-        ))?;
-        let rows = st.query_map(params![n, ino as i64], file_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        )))?;
+        let rows = self.explain(st.query_map(params![n, ino as i64], file_from_row))?;
+        self.explain(rows.collect::<rusqlite::Result<_>>())
     }
 
     /// The tree as of changeset `n` in path order (parents before children),
@@ -605,11 +714,12 @@ impl Catalog {
     ) -> Result<()> {
         match prefix {
             None | Some(b"") => {
-                let mut st =
-                    self.conn.prepare(&format!("SELECT {FILE_COLS} FROM files f WHERE {LATEST} ORDER BY f.path"))?;
-                let mut rows = st.query(params![n])?;
-                while let Some(r) = rows.next()? {
-                    f(file_from_row(r)?)?;
+                let mut st = self.explain(
+                    self.conn.prepare(&format!("SELECT {FILE_COLS} FROM files f WHERE {LATEST} ORDER BY f.path")),
+                )?;
+                let mut rows = self.explain(st.query(params![n]))?;
+                while let Some(r) = self.explain(rows.next())? {
+                    f(self.explain(file_from_row(r))?)?;
                 }
             }
             Some(p) => {
@@ -617,12 +727,12 @@ impl Catalog {
                     f(row)?;
                 }
                 let (lo, hi) = subtree_bounds(p);
-                let mut st = self.conn.prepare(&format!(
+                let mut st = self.explain(self.conn.prepare(&format!(
                     "SELECT {FILE_COLS} FROM files f WHERE f.path >= ?2 AND f.path < ?3 AND {LATEST} ORDER BY f.path"
-                ))?;
-                let mut rows = st.query(params![n, lo, hi])?;
-                while let Some(r) = rows.next()? {
-                    f(file_from_row(r)?)?;
+                )))?;
+                let mut rows = self.explain(st.query(params![n, lo, hi]))?;
+                while let Some(r) = self.explain(rows.next())? {
+                    f(self.explain(file_from_row(r))?)?;
                 }
             }
         }
@@ -633,16 +743,16 @@ impl Catalog {
     /// else a substring), newest changeset first within a path.
     pub fn search(&self, pattern: &str, limit: usize) -> Result<Vec<(FileRow, ChangesetRow)>> {
         let glob = if pattern.contains(['*', '?', '[']) { pattern.to_string() } else { format!("*{pattern}*") };
-        let mut st = self.conn.prepare(&format!(
+        let mut st = self.explain(self.conn.prepare(&format!(
             "SELECT {FILE_COLS}, c.id FROM files f JOIN changesets c ON c.id = f.changeset \
              WHERE c.status = 'complete' AND CAST(f.path AS TEXT) GLOB ?1 ORDER BY f.path, f.changeset DESC LIMIT ?2"
-        ))?;
-        let mut rows = st.query(params![glob, limit as i64])?;
+        )))?;
+        let mut rows = self.explain(st.query(params![glob, limit as i64]))?;
         let mut out = Vec::new();
         let mut cache: std::collections::HashMap<i64, ChangesetRow> = Default::default();
-        while let Some(r) = rows.next()? {
-            let row = file_from_row(r)?;
-            let cs_id: i64 = r.get(21)?;
+        while let Some(r) = self.explain(rows.next())? {
+            let row = self.explain(file_from_row(r))?;
+            let cs_id: i64 = self.explain(r.get(23))?;
             if !cache.contains_key(&cs_id)
                 && let Some(cs) = self.changeset(cs_id)?
             {
@@ -657,14 +767,13 @@ impl Catalog {
 
     /// Every distinct chunk referenced by stored rows of complete changesets.
     pub fn for_each_referenced_chunk(&self, mut f: impl FnMut(ChunkId) -> Result<()>) -> Result<()> {
-        let mut st = self.conn.prepare(
-            "SELECT f.chunks FROM files f JOIN changesets c ON c.id = f.changeset \
-             WHERE c.status = 'complete' AND f.status = 1 AND f.chunks IS NOT NULL",
-        )?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            let b: Vec<u8> = r.get(0)?;
-            for c in chunks_from_blob(&b) {
+        let mut st = self.explain(self.conn.prepare(&format!(
+            "SELECT {FILE_COLS} FROM files f JOIN changesets c ON c.id = f.changeset \
+             WHERE c.status = 'complete' AND f.status = 1 AND f.chunks IS NOT NULL"
+        )))?;
+        let mut rows = self.explain(st.query([]))?;
+        while let Some(r) = self.explain(rows.next())? {
+            for c in self.explain(file_from_row(r))?.chunks {
                 f(c)?;
             }
         }
@@ -672,7 +781,28 @@ impl Catalog {
     }
 
     pub fn count_files(&self) -> Result<u64> {
-        Ok(self.conn.query_row("SELECT count(*) FROM files", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self.explain(self.conn.query_row("SELECT count(*) FROM files", [], |r| r.get::<_, i64>(0)))? as u64)
+    }
+
+    /// Check the whole file: SQLite's own structure (`PRAGMA quick_check`),
+    /// then every row's checksum and encoding. Returns what is wrong.
+    pub fn check(&self) -> Result<Vec<String>> {
+        let mut problems = schema::quick_check(&self.conn, &self.path)?;
+        let mut st = self.explain(self.conn.prepare(&format!("SELECT {FILE_COLS} FROM files f")))?;
+        let mut rows = self.explain(st.query([]))?;
+        while let Some(r) = self.explain(rows.next())? {
+            if let Err(e) = file_from_row(r) {
+                problems.push(format!("{e}"));
+            }
+        }
+        let mut st = self.explain(self.conn.prepare(&format!("SELECT {CS_COLS} FROM changesets")))?;
+        let mut rows = self.explain(st.query([]))?;
+        while let Some(r) = self.explain(rows.next())? {
+            if let Err(e) = cs_from_row(r) {
+                problems.push(format!("{e}"));
+            }
+        }
+        Ok(problems)
     }
 }
 
@@ -684,11 +814,14 @@ pub struct StoredFile {
     pub file_hash: [u8; 32],
     pub size: u64,
     pub uploaded_at: i64,
+    /// A note kept with the row (the walk's "changed while it was read").
+    pub note: Option<String>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::FileType;
 
     pub fn meta(ftype: FileType, size: u64, mtime: i64) -> Metadata {
         Metadata {
@@ -814,6 +947,7 @@ mod tests {
                 file_hash: [2; 32],
                 size: 3,
                 uploaded_at: 5,
+                note: None,
             }],
             6,
         )
@@ -826,5 +960,114 @@ mod tests {
         assert_eq!(f1.confirmed_at, Some(6));
         assert!(c.entry_at(1, b"f2").unwrap().is_none(), "a failed read is absent from the tree");
         assert_eq!(c.changeset(1).unwrap().unwrap().n_failed, 1);
+    }
+
+    fn one_row_catalog(dir: &Path) -> Catalog {
+        let mut c = Catalog::open(&dir.join("c.sqlite"), "ds").unwrap();
+        c.create_changeset(&new_cs("s1")).unwrap();
+        c.insert_files(&[
+            row(1, "", ChangeKind::Added, Some(meta(FileType::Dir, 0, 1))),
+            row(1, "etc/passwd", ChangeKind::Added, Some(meta(FileType::File, 10, 1))),
+        ])
+        .unwrap();
+        c.set_complete(1, "full", "m1", 3, 0).unwrap();
+        c
+    }
+
+    #[test]
+    fn a_flipped_bit_in_a_row_is_an_error_that_names_the_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = one_row_catalog(dir.path());
+        assert!(c.check().unwrap().is_empty());
+        // One bit of a stored path: SQLite itself notices nothing.
+        c.conn()
+            .execute("UPDATE files SET path = CAST('etc/pas3wd' AS BLOB) WHERE path = CAST('etc/passwd' AS BLOB)", [])
+            .unwrap();
+        let mut seen = Vec::new();
+        let e = c
+            .for_each_in_tree(1, None, |r| {
+                seen.push(r.path);
+                Ok(())
+            })
+            .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("etc/pas3wd") && msg.contains("checksum") && msg.contains("catalog rebuild"), "{msg}");
+        assert!(!msg.contains('\n'));
+        assert_eq!(c.check().unwrap().len(), 1);
+        // A flipped chunk list or size is caught the same way.
+        c.conn()
+            .execute("UPDATE files SET path = CAST('etc/passwd' AS BLOB) WHERE path = CAST('etc/pas3wd' AS BLOB)", [])
+            .unwrap();
+        assert!(c.check().unwrap().is_empty());
+        c.conn().execute("UPDATE files SET size = 11 WHERE path = CAST('etc/passwd' AS BLOB)", []).unwrap();
+        assert!(c.entry_at(1, b"etc/passwd").is_err());
+    }
+
+    #[test]
+    fn unknown_kinds_and_statuses_are_errors_not_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = one_row_catalog(dir.path());
+        // A kind of 9 used to read back as "modified".
+        let raw = {
+            let mut r = row(1, "etc/passwd", ChangeKind::Added, Some(meta(FileType::File, 10, 1)));
+            r.kind = ChangeKind::Added;
+            let mut raw = RawFile::of(&r);
+            raw.kind = 9;
+            raw
+        };
+        c.conn().execute(FILE_INSERT, params_from_iter(raw.values())).unwrap();
+        let e = format!("{:#}", c.entry_at(1, b"etc/passwd").unwrap_err());
+        assert!(e.contains("unknown change kind 9") && e.contains("etc/passwd"), "{e}");
+        // A status the schema does not know used to read back as "failed".
+        c.conn()
+            .execute_batch("PRAGMA ignore_check_constraints = ON; UPDATE changesets SET status = 'bogus';")
+            .unwrap();
+        let e = format!("{:#}", c.changesets().unwrap_err());
+        assert!(e.contains("unknown status \"bogus\"") && e.contains("changeset 1"), "{e}");
+        // An unknown file status too.
+        let mut raw = raw;
+        raw.kind = 1;
+        raw.status = 7;
+        c.conn().execute(FILE_INSERT, params_from_iter(raw.values())).unwrap();
+        assert!(format!("{:#}", c.entry_at(1, b"etc/passwd").unwrap_err()).contains("unknown file status 7"));
+    }
+
+    #[test]
+    fn a_catalog_of_the_previous_schema_gets_checksums_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.sqlite");
+        {
+            let mut conn = schema::open_db(&p).unwrap();
+            schema::migrate(&mut conn, &schema::DATASET_MIGRATIONS[..2], "catalog", &p).unwrap();
+            conn.execute_batch(
+                "INSERT INTO meta VALUES ('dataset', 'ds');
+                 INSERT INTO changesets (id, uid, snapshot, source, identity, method, kind, status, started_at)
+                   VALUES (1, 'u1', 's1', 'walk', '{}', 'walk', 'full', 'complete', 1);
+                 INSERT INTO files (changeset, path, dir, kind, status, ftype, mode, uid, gid, size, mtime_ns,
+                   ctime_ns, ino, nlink, rdev) VALUES (1, CAST('a' AS BLOB), CAST('' AS BLOB), 1, 1, 1, 420, 0, 0, 0, 1, 1, 5, 1, 0);",
+            )
+            .unwrap();
+        }
+        let c = Catalog::open(&p, "ds").unwrap();
+        assert_eq!(c.entry_at(1, b"a").unwrap().unwrap().meta.unwrap().ino, 5);
+        assert_eq!(c.latest_complete().unwrap().unwrap().snapshot, "s1");
+        assert!(c.check().unwrap().is_empty());
+    }
+
+    #[test]
+    fn abandoned_changesets_free_their_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = one_row_catalog(dir.path());
+        let cs2 = c.create_changeset(&new_cs("s2")).unwrap();
+        c.insert_files(&[row(2, "x", ChangeKind::Added, Some(meta(FileType::File, 1, 2)))]).unwrap();
+        c.set_listed(2, 5, "walk").unwrap();
+        assert!(c.abandon_changeset(1, "no", 6).is_err(), "a complete changeset cannot be abandoned");
+        let f = c.abandon_changeset(cs2.id, "snapshot s2 was destroyed", 7).unwrap();
+        assert_eq!((f.number, f.files), (2, 1));
+        assert!(c.incomplete().unwrap().is_none());
+        let cs3 = c.create_changeset(&new_cs("s2")).unwrap();
+        assert_eq!((cs3.id, cs3.parent), (2, Some(1)), "the next changeset takes the number");
+        assert_eq!(c.failed_changesets().unwrap()[0].reason, "snapshot s2 was destroyed");
+        assert_eq!(c.count_files().unwrap(), 2, "the abandoned rows are gone");
     }
 }

@@ -460,7 +460,7 @@ fn run_committer(
         match msg {
             ToCommitter::FileReady { path, chunks, need_pack, size, hash, at } => {
                 report.bytes_read += size;
-                let f = StoredFile { path, chunks, file_hash: hash, size, uploaded_at: at };
+                let f = StoredFile { path, chunks, file_hash: hash, size, uploaded_at: at, note: None };
                 if need_pack <= watermark {
                     batch.push(f);
                 } else {
