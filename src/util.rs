@@ -23,6 +23,42 @@ pub fn utc_timestamp(secs: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// A list of messages that keeps the first `CAP` and counts the rest: a
+/// run over millions of unreadable files must not hold millions of strings
+/// (the catalog has a row for each anyway).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BoundedList {
+    items: Vec<String>,
+    total: u64,
+}
+
+impl BoundedList {
+    pub const CAP: usize = 1000;
+
+    pub fn push(&mut self, s: String) {
+        self.total += 1;
+        if self.items.len() < Self::CAP {
+            self.items.push(s);
+        }
+    }
+    /// Count `n` more that were not kept.
+    pub fn add_uncounted(&mut self, n: u64) {
+        self.total += n;
+    }
+    pub fn items(&self) -> &[String] {
+        &self.items
+    }
+    pub fn into_items(self) -> Vec<String> {
+        self.items
+    }
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+}
+
 /// Test-only crash points: `N2S_FAULT=name:n` kills the process with
 /// SIGKILL the n-th time `name` is reached, so crash-safety tests kill the
 /// real binary at exact points. Unset, it costs one atomic load.

@@ -600,6 +600,13 @@ impl Catalog {
         self.explain(rows.collect::<rusqlite::Result<_>>())
     }
 
+    /// Whether changeset `cs` has a row for `path`.
+    pub fn has_row(&self, cs: i64, path: &[u8]) -> Result<bool> {
+        let mut st =
+            self.explain(self.conn.prepare_cached("SELECT 1 FROM files WHERE changeset = ?1 AND path = ?2"))?;
+        self.explain(st.exists(params![cs, path]))
+    }
+
     pub fn count_pending(&self, cs: i64) -> Result<u64> {
         Ok(self.explain(self.conn.query_row(
             "SELECT count(*) FROM files WHERE changeset = ?1 AND status = 0",
@@ -778,6 +785,47 @@ impl Catalog {
             }
         }
         Ok(())
+    }
+
+    /// Record, in changeset `at`, the removal of every path of the tree at
+    /// `prev` that `at` has no row for: a full manifest replayed after a
+    /// hole in the history states the whole tree, so what it does not hold
+    /// is gone. Returns how many removals were recorded.
+    pub fn remove_absent(&mut self, prev: i64, at: i64) -> Result<u64> {
+        let mut after: Vec<u8> = Vec::new();
+        let mut first = true;
+        let mut n = 0u64;
+        loop {
+            let page: Vec<Vec<u8>> = {
+                let mut st = self.explain(self.conn.prepare_cached(&format!(
+                    "SELECT f.path FROM files f WHERE {LATEST} AND (f.path > ?2 OR ?3) AND NOT EXISTS \
+                     (SELECT 1 FROM files h WHERE h.changeset = ?4 AND h.path = f.path) ORDER BY f.path LIMIT 4096"
+                )))?;
+                let rows = self.explain(st.query_map(params![prev, after, first, at], |r| r.get(0)))?;
+                self.explain(rows.collect::<rusqlite::Result<_>>())?
+            };
+            let Some(last) = page.last() else { break };
+            after = last.clone();
+            first = false;
+            n += page.len() as u64;
+            let rows: Vec<FileRow> = page
+                .into_iter()
+                .map(|path| FileRow {
+                    changeset: at,
+                    path,
+                    kind: ChangeKind::Removed,
+                    status: FileStatus::Stored,
+                    meta: None,
+                    chunks: Vec::new(),
+                    file_hash: None,
+                    error: None,
+                    uploaded_at: None,
+                    confirmed_at: None,
+                })
+                .collect();
+            self.insert_files(&rows)?;
+        }
+        Ok(n)
     }
 
     pub fn count_files(&self) -> Result<u64> {

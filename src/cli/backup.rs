@@ -130,7 +130,7 @@ fn make_source(ctx: &Ctx, d: &DatasetConfig, label: Option<&str>) -> Result<Box<
 
 fn print_summary(s: &ChangesetSummary) {
     println!(
-        "{}: snapshot {} stored as changeset {} ({}{}): {} added, {} modified, {} metadata, {} removed, {} failed; read {}, uploaded {} in {} packs",
+        "{}: snapshot {} stored as changeset {} ({}{}): {} added, {} modified, {} metadata, {} removed, {} failed{}{}; read {}, uploaded {} in {} packs",
         s.dataset,
         s.snapshot,
         s.changeset,
@@ -141,10 +141,17 @@ fn print_summary(s: &ChangesetSummary) {
         s.metadata,
         s.removed,
         s.failed,
+        if s.changed_during_read > 0 { format!(", {} changed while read", s.changed_during_read) } else { String::new() },
+        if s.repaired > 0 { format!(", {} read again (lost packs)", s.repaired) } else { String::new() },
         human_bytes(s.bytes_read),
         human_bytes(s.bytes_uploaded),
         s.packs
     );
+}
+
+/// A test-only knob read from the environment (like N2S_FAULT).
+fn knob(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
@@ -154,16 +161,22 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
     if let Some(mb) = ctx.settings.file.pack_size_mb {
         opts.upload.pack_target = (mb.clamp(1, 512) as usize) << 20;
     }
-    if let Ok(v) = std::env::var("N2S_PACK_SIZE_KB") {
-        // For tests: small packs make many packs out of little data.
-        if let Ok(kb) = v.parse::<usize>() {
-            opts.upload.pack_target = kb.max(4) << 10;
-        }
+    // For tests: small packs make many packs out of little data; small
+    // record and file limits reach the format's limits with little data.
+    if let Some(kb) = knob("N2S_PACK_SIZE_KB") {
+        opts.upload.pack_target = kb.max(4) << 10;
+    }
+    if let Some(n) = knob("N2S_CHUNKS_PER_RECORD") {
+        opts.chunks_per_record = n.max(1);
+    }
+    if let Some(n) = knob("N2S_MAX_FILE_CHUNKS") {
+        opts.upload.max_file_chunks = n.max(1);
     }
     if let Some(n) = ctx.settings.file.checkpoint_every {
         opts.checkpoint_every = n.max(1);
     }
     let mut all = Vec::new();
+    let mut abandoned = Vec::new();
     let mut errors = Vec::new();
     for d in &specs {
         let result = make_source(&ctx, d, a.snapshot.as_deref()).and_then(|mut src| {
@@ -178,14 +191,23 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
             Ok((done, src.problems()))
         });
         match result {
-            Ok((done, source_problems)) => {
+            Ok((run, source_problems)) => {
                 for p in source_problems {
                     errors.push(format!("{}: {p}", d.name));
                 }
-                if done.is_empty() {
+                for dmg in &run.damaged {
+                    log::warn!("{}: the repository's {dmg}: it cannot be restored", d.name);
+                }
+                if run.changesets.is_empty() && run.abandoned.is_empty() {
                     log::info!("{}: nothing new to back up", d.name);
                 }
-                all.extend(done);
+                for f in &run.abandoned {
+                    abandoned.push(format!(
+                        "{}: snapshot {} (changeset {}) was abandoned: {}",
+                        d.name, f.snapshot, f.number, f.reason
+                    ));
+                }
+                all.extend(run.changesets);
             }
             Err(e) => {
                 if specs.len() == 1 {
@@ -197,24 +219,41 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
         }
     }
     if a.json {
-        super::output::print_json(&serde_json::json!({ "changesets": all, "errors": errors }))?;
+        super::output::print_json(
+            &serde_json::json!({ "changesets": all, "abandoned": abandoned, "errors": errors }),
+        )?;
     } else {
         for s in &all {
             print_summary(s);
         }
     }
-    let problems: usize = all.iter().map(|s| s.problems.len()).sum();
+    let problems: u64 = all.iter().map(|s| s.problems_total).sum();
+    let changed: u64 = all.iter().map(|s| s.changed_during_read).sum();
     for s in &all {
         for p in s.problems.iter().take(20) {
             eprintln!("n2s-agent: warning: {}: {p}", s.dataset);
+        }
+        for p in s.changed_paths.iter().take(20) {
+            eprintln!("n2s-agent: warning: {}: {p} changed while it was read; stored as read", s.dataset);
         }
     }
     if !errors.is_empty() {
         anyhow::bail!("{}", errors.join("; "));
     }
+    if !abandoned.is_empty() {
+        anyhow::bail!(
+            "{}; the snapshots after them were backed up from the last complete changeset",
+            abandoned.join("; ")
+        );
+    }
     if problems > 0 {
         anyhow::bail!(
             "{problems} paths could not be read and are not in the backup (listed above); fix their permissions or errors and run backup again"
+        );
+    }
+    if changed > 0 && ctx.settings.file.fail_on_changed_files.unwrap_or(false) {
+        anyhow::bail!(
+            "{changed} files changed while they were read (listed above) and were stored as read; back up a snapshot instead of a live directory, or set fail_on_changed_files = false"
         );
     }
     super::ok()

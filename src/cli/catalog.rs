@@ -4,6 +4,7 @@ use anyhow::Result;
 use std::process::ExitCode;
 
 use super::{Ctx, GlobalArgs};
+use crate::engine::rebuild::RebuildMode;
 
 #[derive(clap::Subcommand)]
 pub enum CatalogCommand {
@@ -11,22 +12,36 @@ pub enum CatalogCommand {
     Rebuild {
         #[arg(long)]
         dataset: Option<String>,
+        /// When a changeset's manifest is missing or damaged: rebuild every
+        /// changeset up to it, mark the damaged ones (refused by name), and
+        /// keep what a later full checkpoint makes whole. Without it the
+        /// rebuild refuses, naming the damage.
+        #[arg(long)]
+        salvage: bool,
         #[arg(long)]
         json: bool,
     },
 }
 
 pub fn run(g: &GlobalArgs, c: CatalogCommand) -> Result<ExitCode> {
-    let CatalogCommand::Rebuild { dataset, json } = c;
+    let CatalogCommand::Rebuild { dataset, salvage, json } = c;
     let ctx = Ctx::open(g)?;
-    let r = crate::engine::rebuild::rebuild(&ctx.repo, &ctx.state, dataset.as_deref())?;
+    let mode = if salvage { RebuildMode::Salvage } else { RebuildMode::Strict };
+    let r = crate::engine::rebuild::rebuild(&ctx.repo, &ctx.state, dataset.as_deref(), mode)?;
     if json {
         super::output::print_json(&serde_json::to_value(&r)?)?;
     } else {
         println!("indexed {} packs", r.packs_indexed);
         for d in &r.datasets {
             println!("rebuilt catalog of {}: {} changesets, {} entries", d.dataset, d.changesets, d.entries);
+            for dmg in &d.damaged {
+                println!("  damaged, not restorable: {dmg}");
+            }
         }
+    }
+    let damaged: usize = r.datasets.iter().map(|d| d.damaged.len()).sum();
+    if damaged > 0 {
+        anyhow::bail!("{damaged} changesets are damaged and cannot be restored (listed above); every other changeset can");
     }
     super::ok()
 }

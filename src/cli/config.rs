@@ -46,6 +46,9 @@ pub struct FileConfig {
     pub pack_size_mb: Option<u64>,
     /// Every this many changesets a full manifest is written (default 16).
     pub checkpoint_every: Option<i64>,
+    /// Exit 1 when a file of a walked (live) directory changed while it
+    /// was read (default false: a warning; snapshots never change).
+    pub fail_on_changed_files: Option<bool>,
     #[serde(default)]
     pub dataset: Vec<DatasetConfig>,
 }

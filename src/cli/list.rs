@@ -41,6 +41,27 @@ pub fn run(g: &GlobalArgs, a: ListArgs) -> Result<ExitCode> {
                 "manifest": c.manifest_key,
             }));
         }
+        // Attempts that ended without a manifest: shown, never restorable.
+        for f in cat.failed_changesets()? {
+            rows.push(serde_json::json!({
+                "dataset": ds,
+                "changeset": serde_json::Value::Null,
+                "attempted_number": f.number,
+                "snapshot": f.snapshot,
+                "identity": serde_json::from_str::<serde_json::Value>(&f.identity).unwrap_or_default(),
+                "source": f.source,
+                "method": format!("abandoned: {}", f.reason),
+                "kind": serde_json::Value::Null,
+                "status": "failed",
+                "added": 0, "modified": 0, "metadata": 0, "removed": 0, "failed": f.files,
+                "bytes_changed": 0,
+                "bytes_uploaded": f.bytes_uploaded,
+                "started_at": f.started_at,
+                "confirmed_at": serde_json::Value::Null,
+                "failed_at": f.failed_at,
+                "manifest": serde_json::Value::Null,
+            }));
+        }
     }
     if a.json {
         return super::output::print_json(&serde_json::json!({ "changesets": rows })).map(|()| ExitCode::SUCCESS);
@@ -69,7 +90,7 @@ pub fn run(g: &GlobalArgs, a: ListArgs) -> Result<ExitCode> {
         println!(
             "{:<16} {:>4} {:<24} {:<10} {:<6} {:>8} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10}  {:<20}  {}",
             r["dataset"].as_str().unwrap_or(""),
-            r["changeset"].as_i64().unwrap_or(0),
+            r["changeset"].as_i64().map_or("-".to_string(), |n| n.to_string()),
             r["snapshot"].as_str().unwrap_or(""),
             r["status"].as_str().unwrap_or(""),
             r["kind"].as_str().unwrap_or("-"),

@@ -2,6 +2,7 @@
 //! resolves settings, and turns errors into one line on stderr with exit
 //! status 1 (2 for bad usage).
 
+mod abandon;
 mod backup;
 mod catalog;
 pub mod config;
@@ -77,6 +78,8 @@ pub enum Command {
     Init(init::InitArgs),
     /// Back up every new snapshot of the dataset(s), oldest first.
     Backup(backup::BackupArgs),
+    /// End a changeset that can never finish (status failed).
+    Abandon(abandon::AbandonArgs),
     /// Restore a snapshot, or some paths of it, into a directory.
     Restore(restore::RestoreArgs),
     /// Snapshots backed up, with status, counts, bytes and confirm times.
@@ -160,6 +163,14 @@ pub fn find_changeset(cat: &Catalog, snapshot: &str) -> Result<crate::catalog::C
     };
     match found {
         Some(c) if c.status == crate::catalog::ChangesetStatus::Complete => Ok(c),
+        Some(c) if c.status == crate::catalog::ChangesetStatus::Damaged => anyhow::bail!(
+            "snapshot {} (changeset {}) of dataset {} cannot be restored: its manifest in the repository {}; `n2s-agent list --dataset {}` shows which changesets can",
+            c.snapshot,
+            c.id,
+            cat.dataset(),
+            c.method.strip_prefix("damaged: ").unwrap_or(&c.method),
+            cat.dataset()
+        ),
         Some(c) => anyhow::bail!(
             "snapshot {snapshot} of dataset {} is not completely backed up yet (status {}); run backup to finish it",
             cat.dataset(),
@@ -220,6 +231,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init(a) => init::run(&g, a),
         Command::Backup(a) => backup::run(&g, a),
+        Command::Abandon(a) => abandon::run(&g, a),
         Command::Restore(a) => restore::run(&g, a),
         Command::List(a) => list::run(&g, a),
         Command::Ls(a) => ls::run(&g, a),

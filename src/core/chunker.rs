@@ -82,6 +82,11 @@ impl<R: Read> Chunker<R> {
         self.buf
     }
 
+    /// The reader back (to look at the file once more), and the buffer.
+    pub fn into_parts(self) -> (R, Vec<u8>) {
+        (self.reader, self.buf)
+    }
+
     fn refill(&mut self) -> std::io::Result<()> {
         self.buf.copy_within(self.pos..self.len, 0);
         self.len -= self.pos;

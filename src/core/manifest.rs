@@ -19,8 +19,19 @@ const SEGMENT_AAD: &[u8] = b"n2s manifest segment";
 pub const SEGMENT_TARGET: usize = 4 * 1024 * 1024;
 /// Decoding refuses segments that would inflate past this.
 pub const SEGMENT_MAX: usize = 256 * 1024 * 1024;
-const MAX_PATH_LEN: usize = 1 << 20;
-const MAX_XATTR_LEN: usize = 1 << 20;
+pub const MAX_PATH_LEN: usize = 1 << 20;
+pub const MAX_XATTR_LEN: usize = 1 << 20;
+/// All xattr names and values of one entry together; with the limits above
+/// and the chunk ids of one record it keeps every record far below
+/// SEGMENT_MAX (Linux itself allows 64 KiB of names and 64 KiB per value).
+pub const MAX_XATTRS_TOTAL: usize = 16 << 20;
+/// Chunk ids in one record (32 MiB of ids). A longer chunk list goes on in
+/// continuation records, which may sit in the next segment.
+pub const CHUNKS_PER_RECORD: usize = 1 << 20;
+/// Chunks of one file, at most: its catalog row holds the whole list in one
+/// SQLite blob (at most 10^9 bytes). At the minimum chunk size (256 KiB)
+/// that is 7.1 TiB; at the average (1 MiB) about 28 TiB.
+pub const MAX_FILE_CHUNKS: usize = 30_000_000;
 const NO_SYMLINK: u32 = u32::MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,9 +105,21 @@ impl ManifestHeader {
         Ok(h)
     }
 
-    /// Object key of a manifest header: ordered by seq within a dataset.
-    pub fn object_key(dataset_id: &str, seq: u64, changeset: &str) -> String {
-        format!("manifests/{dataset_id}/{seq:010}-{changeset}")
+    /// Object key of a manifest header: its number within the dataset, so
+    /// put-if-absent lets exactly one writer own each number (two hosts
+    /// backing up one dataset name cannot both write changeset N).
+    pub fn object_key(dataset_id: &str, seq: u64) -> String {
+        format!("manifests/{dataset_id}/{seq:010}")
+    }
+
+    /// The dataset id and number a header key names, if it is one.
+    pub fn parse_object_key(key: &str) -> Option<(&str, u64)> {
+        let (ds, seq) = key.strip_prefix("manifests/")?.split_once('/')?;
+        let ok = ds.len() == 32 && ds.bytes().all(|b| b.is_ascii_hexdigit()) && seq.len() == 10;
+        if !ok || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some((ds, seq.parse().ok()?))
     }
 }
 
@@ -106,17 +129,27 @@ pub enum RecordKind {
     /// In a full manifest: present and unchanged since the parent.
     Present,
     Changed(ChangeKind),
+    /// More chunk ids of the file named by the record just before it (kind
+    /// byte 5). Only `RecordJoiner` sees these; joined records never are.
+    Continued,
 }
+
+const KIND_CONTINUED: u8 = 5;
 
 impl RecordKind {
     fn to_u8(self) -> u8 {
         match self {
             RecordKind::Present => 0,
             RecordKind::Changed(k) => k as u8,
+            RecordKind::Continued => KIND_CONTINUED,
         }
     }
     fn from_u8(v: u8) -> Option<RecordKind> {
-        if v == 0 { Some(RecordKind::Present) } else { ChangeKind::from_u8(v).map(RecordKind::Changed) }
+        match v {
+            0 => Some(RecordKind::Present),
+            KIND_CONTINUED => Some(RecordKind::Continued),
+            _ => ChangeKind::from_u8(v).map(RecordKind::Changed),
+        }
     }
 }
 
@@ -143,13 +176,31 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// Append one record, prefixed by its length.
+/// Append one record, prefixed by its length, exactly as given (no
+/// splitting: writers use `encode_split`, which keeps every limit the
+/// decoder checks).
 pub fn encode_record(r: &Record, out: &mut Vec<u8>) {
+    encode_parts(r.kind, &r.path, r.meta.as_ref(), r.file_hash.as_ref(), &r.chunks, out)
+}
+
+fn encode_parts(
+    kind: RecordKind,
+    path: &[u8],
+    meta: Option<&Metadata>,
+    file_hash: Option<&[u8; 32]>,
+    chunks: &[ChunkId],
+    out: &mut Vec<u8>,
+) {
     let start = out.len();
     put_u32(out, 0); // length, patched below
-    out.push(r.kind.to_u8());
-    put_bytes(out, &r.path);
-    if let Some(m) = &r.meta {
+    out.push(kind.to_u8());
+    put_bytes(out, path);
+    if kind == RecordKind::Continued {
+        put_u32(out, chunks.len() as u32);
+        for c in chunks {
+            out.extend_from_slice(&c.0);
+        }
+    } else if let Some(m) = meta {
         out.push(m.ftype as u8);
         put_u32(out, m.mode);
         put_u32(out, m.uid);
@@ -169,20 +220,106 @@ pub fn encode_record(r: &Record, out: &mut Vec<u8>) {
             put_bytes(out, k);
             put_bytes(out, v);
         }
-        match &r.file_hash {
+        match file_hash {
             Some(h) => {
                 out.push(1);
                 out.extend_from_slice(h);
             }
             None => out.push(0),
         }
-        put_u32(out, r.chunks.len() as u32);
-        for c in &r.chunks {
+        put_u32(out, chunks.len() as u32);
+        for c in chunks {
             out.extend_from_slice(&c.0);
         }
     }
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Why an entry cannot be described by a manifest record, if it cannot:
+/// writers check this when they list changes, so that they never store a
+/// manifest the reader would refuse.
+pub fn check_encodable(path: &[u8], meta: Option<&Metadata>) -> Result<(), String> {
+    if path.len() > MAX_PATH_LEN {
+        return Err(format!("its path is {} bytes long; the manifest format allows {MAX_PATH_LEN}", path.len()));
+    }
+    let Some(m) = meta else { return Ok(()) };
+    if m.symlink_target.as_ref().is_some_and(|t| t.len() > MAX_PATH_LEN) {
+        return Err(format!("its symlink target is longer than {MAX_PATH_LEN} bytes"));
+    }
+    let mut total = 0usize;
+    for (k, v) in &m.xattrs {
+        if k.len() > MAX_XATTR_LEN || v.len() > MAX_XATTR_LEN {
+            return Err(format!("an xattr name or value is longer than {MAX_XATTR_LEN} bytes"));
+        }
+        total += k.len() + v.len();
+    }
+    if total > MAX_XATTRS_TOTAL {
+        return Err(format!("its xattrs hold {total} bytes; the manifest format allows {MAX_XATTRS_TOTAL}"));
+    }
+    Ok(())
+}
+
+/// Encode `r` as one record or, when its chunk list is longer than
+/// `per_record`, as a head record followed by continuation records. Each
+/// encoded record goes to `sink` on its own, so a writer can start a new
+/// segment between them and no segment outgrows what the decoder accepts.
+pub fn encode_split(r: &Record, per_record: usize, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    let per_record = per_record.clamp(1, CHUNKS_PER_RECORD);
+    ensure!(
+        r.chunks.len() <= MAX_FILE_CHUNKS,
+        "{} has {} chunks; one file may have at most {MAX_FILE_CHUNKS}",
+        crate::model::display_path(&r.path),
+        r.chunks.len()
+    );
+    check_encodable(&r.path, r.meta.as_ref()).map_err(|e| anyhow::anyhow!("{}: {e}", crate::model::display_path(&r.path)))?;
+    let mut buf = Vec::new();
+    let mut parts = r.chunks.chunks(per_record);
+    let head = parts.next().unwrap_or(&[]);
+    encode_parts(r.kind, &r.path, r.meta.as_ref(), r.file_hash.as_ref(), head, &mut buf);
+    sink(&buf)?;
+    for part in parts {
+        buf.clear();
+        encode_parts(RecordKind::Continued, &r.path, None, None, part, &mut buf);
+        sink(&buf)?;
+    }
+    Ok(())
+}
+
+/// Joins continuation records onto the file record they continue, across
+/// segment boundaries: feed every record of a manifest in order, then call
+/// `finish`.
+#[derive(Default)]
+pub struct RecordJoiner {
+    pending: Option<Record>,
+}
+
+impl RecordJoiner {
+    /// Take the next record; returns the previous one once it is whole.
+    pub fn push(&mut self, r: Record) -> Result<Option<Record>> {
+        if r.kind != RecordKind::Continued {
+            return Ok(self.pending.replace(r));
+        }
+        let Some(p) = self.pending.as_mut() else {
+            bail!("a continuation record of {} follows no record", crate::model::display_path(&r.path));
+        };
+        ensure!(
+            p.path == r.path && p.meta.as_ref().is_some_and(|m| m.ftype == FileType::File),
+            "a continuation record of {} does not follow a file record of the same path",
+            crate::model::display_path(&r.path)
+        );
+        ensure!(
+            p.chunks.len() + r.chunks.len() <= MAX_FILE_CHUNKS,
+            "{} has more than {MAX_FILE_CHUNKS} chunks",
+            crate::model::display_path(&r.path)
+        );
+        p.chunks.extend_from_slice(&r.chunks);
+        Ok(None)
+    }
+
+    pub fn finish(&mut self) -> Option<Record> {
+        self.pending.take()
+    }
 }
 
 /// A bounds-checked reader over untrusted bytes.
@@ -222,6 +359,12 @@ pub fn decode_record(body: &[u8]) -> Result<Record> {
     if kind == RecordKind::Changed(ChangeKind::Removed) {
         ensure!(c.buf.is_empty(), "removal record has trailing bytes");
         return Ok(Record { kind, path, meta: None, file_hash: None, chunks: Vec::new() });
+    }
+    if kind == RecordKind::Continued {
+        let n = c.u32()? as usize;
+        ensure!(n > 0 && n.saturating_mul(32) == c.buf.len(), "continuation record length does not match its chunk count");
+        let chunks = c.buf.chunks_exact(32).map(|b| ChunkId::from_slice(b).expect("32 bytes")).collect();
+        return Ok(Record { kind, path, meta: None, file_hash: None, chunks });
     }
     let ftype = FileType::from_u8(c.u8()?).context("unknown file type")?;
     let mode = c.u32()?;
@@ -437,5 +580,101 @@ pub(crate) mod tests {
         // A header is not accepted as a segment, nor the reverse.
         assert!(open_segment(&sealer, &sealed).is_err());
         assert!(ManifestHeader::open(&sealer, &seg).is_err());
+    }
+
+    fn file_record(path: &[u8], n: usize) -> Record {
+        let meta = Metadata {
+            ftype: FileType::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: n as u64 * 1000,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            ino: 3,
+            nlink: 1,
+            rdev: 0,
+            symlink_target: None,
+            xattrs: vec![],
+        };
+        let chunks = (0..n as u32).map(|i| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            ChunkId(id)
+        });
+        Record {
+            kind: RecordKind::Changed(ChangeKind::Added),
+            path: path.to_vec(),
+            meta: Some(meta),
+            file_hash: Some([1; 32]),
+            chunks: chunks.collect(),
+        }
+    }
+
+    #[test]
+    fn a_long_chunk_list_is_split_and_joined_back_across_segments() {
+        // The old writer put every chunk id of a file in one record: past
+        // 2^23 ids (SEGMENT_MAX / 32) the reader refused the segment.
+        let big = file_record(b"vm/disk.img", 2 * CHUNKS_PER_RECORD + 5);
+        let small = file_record(b"vm/notes", 3);
+        let mut encoded: Vec<Vec<u8>> = Vec::new();
+        for r in [&big, &small] {
+            encode_split(r, CHUNKS_PER_RECORD, &mut |b| {
+                encoded.push(b.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(encoded.len(), 4, "head + 2 continuations + the small file");
+        assert!(encoded.iter().all(|e| e.len() < 40 << 20), "every record stays far below the segment limit");
+        // Each record in a segment of its own: joining spans segments.
+        let mut j = RecordJoiner::default();
+        let mut out = Vec::new();
+        for e in &encoded {
+            for r in decode_records(e).unwrap() {
+                out.extend(j.push(r).unwrap());
+            }
+        }
+        out.extend(j.finish());
+        assert_eq!(out, vec![big, small]);
+    }
+
+    #[test]
+    fn stray_continuations_and_unencodable_entries_are_refused() {
+        let mut buf = Vec::new();
+        encode_split(&file_record(b"a", 5), 2, &mut |b| {
+            buf.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        let recs = decode_records(&buf).unwrap();
+        assert_eq!(recs.len(), 3);
+        let mut j = RecordJoiner::default();
+        assert!(j.push(recs[1].clone()).is_err(), "a continuation with nothing before it");
+        let mut j = RecordJoiner::default();
+        j.push(file_record(b"b", 1)).unwrap();
+        assert!(j.push(recs[1].clone()).is_err(), "a continuation of another path");
+        let long = vec![b'x'; MAX_PATH_LEN + 1];
+        assert!(check_encodable(&long, None).is_err());
+        assert!(encode_split(&file_record(&long, 1), 10, &mut |_| Ok(())).is_err());
+        let mut m = file_record(b"c", 0).meta.unwrap();
+        m.xattrs = (0..20).map(|i| (vec![b'u', i], vec![0u8; 1 << 20])).collect();
+        assert!(check_encodable(b"c", Some(&m)).unwrap_err().contains("xattrs"));
+    }
+
+    #[test]
+    fn header_keys_are_numbers_only() {
+        let ds = "0123456789abcdef0123456789abcdef";
+        let k = ManifestHeader::object_key(ds, 7);
+        assert_eq!(k, format!("manifests/{ds}/0000000007"));
+        assert_eq!(ManifestHeader::parse_object_key(&k), Some((ds, 7)));
+        for bad in [
+            format!("manifests/{ds}/0000000007-abc"),
+            format!("manifests/{ds}/7"),
+            "manifests/xyz/0000000001".to_string(),
+            format!("segments/{ds}/0000000001"),
+        ] {
+            assert_eq!(ManifestHeader::parse_object_key(&bad), None, "{bad}");
+        }
     }
 }

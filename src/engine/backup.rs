@@ -1,34 +1,50 @@
 //! The backup flow of one dataset: finish any interrupted changeset, then
 //! back up every new snapshot, oldest first. Each changeset goes
 //! pending (listing) → uploading (content) → complete (manifest stored).
+//!
+//! A changeset whose snapshot is destroyed before its upload finishes can
+//! never finish: it is abandoned (recorded as failed, its number freed) and
+//! the run carries on from the last complete changeset with the next
+//! snapshot, so one pruned snapshot never stops a dataset's backups.
 
 use anyhow::{Context, Result, bail};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use super::prior::CatalogPrior;
+use super::rebuild::{RebuildMode, rebuild_dataset_locked};
 use super::upload::{UploadOptions, upload_changeset};
+use crate::backend::PutOutcome;
 use crate::catalog::index::ChunkIndex;
-use crate::catalog::{Catalog, ChangesetRow, ChangesetStatus, FileRow, FileStatus, NewChangeset};
+use crate::catalog::{
+    Catalog, ChangesetRow, ChangesetStatus, FailedChangeset, FileRow, FileStatus, NewChangeset,
+};
 use crate::core::manifest::{
     self, Counts, ManifestHeader, ManifestKind, Record, RecordKind, SEGMENT_TARGET, SegmentRef, SnapshotInfo,
 };
-use crate::model::{ChangeKind, FileType, display_path};
+use crate::model::{ChangeKind, ChunkId, FileType, display_path};
 use crate::repo::Repository;
 use crate::source::{ChangeSource, SnapshotRef};
 use crate::state::{DatasetLock, StatePaths};
-use crate::util::{fault, now};
+use crate::util::{BoundedList, fault, now};
 
 #[derive(Clone, Debug)]
 pub struct BackupOptions {
     pub upload: UploadOptions,
     /// Every this many changesets, the manifest holds the whole tree.
     pub checkpoint_every: i64,
+    /// Chunk ids per manifest record before a continuation record
+    /// (manifest::CHUNKS_PER_RECORD; lowered only by tests).
+    pub chunks_per_record: usize,
 }
 
 impl Default for BackupOptions {
     fn default() -> Self {
-        BackupOptions { upload: UploadOptions::default(), checkpoint_every: 16 }
+        BackupOptions {
+            upload: UploadOptions::default(),
+            checkpoint_every: 16,
+            chunks_per_record: manifest::CHUNKS_PER_RECORD,
+        }
     }
 }
 
@@ -40,16 +56,42 @@ pub struct ChangesetSummary {
     pub changeset: i64,
     pub method: String,
     pub resumed: bool,
+    pub kind: String,
     pub added: u64,
     pub modified: u64,
     pub metadata: u64,
     pub removed: u64,
     pub failed: u64,
+    /// Files that changed while they were read (walk source): stored as
+    /// read, with a warning.
+    pub changed_during_read: u64,
+    /// Files read again because the packs that held them were lost.
+    pub repaired: u64,
     pub bytes_read: u64,
     pub bytes_uploaded: u64,
     pub packs: u64,
-    /// Paths that could not be read or listed: reported, never skipped silently.
+    /// Paths that could not be read or listed: reported, never skipped
+    /// silently (the first 1000; `problems_total` counts them all).
     pub problems: Vec<String>,
+    pub problems_total: u64,
+    /// Paths that changed while read (the first 1000).
+    pub changed_paths: Vec<String>,
+}
+
+/// What a run on one dataset did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct DatasetRun {
+    pub changesets: Vec<ChangesetSummary>,
+    /// Changesets that can never finish, ended by this run.
+    pub abandoned: Vec<FailedChangeset>,
+    /// Changesets of the repository's history that are damaged (after a
+    /// salvage rebuild): named so the operator knows.
+    pub damaged: Vec<String>,
+}
+
+enum Finished {
+    Done(Box<ChangesetSummary>),
+    Abandoned(FailedChangeset),
 }
 
 pub fn backup_dataset(
@@ -58,36 +100,58 @@ pub fn backup_dataset(
     dataset: &str,
     source: &mut dyn ChangeSource,
     opts: &BackupOptions,
-) -> Result<Vec<ChangesetSummary>> {
+) -> Result<DatasetRun> {
+    // The lock comes first: a rebuild of the catalog and the run that
+    // follows it are one step for any other agent of this state directory.
+    let lock = DatasetLock::acquire(&state.lock(dataset), dataset)?;
+    let mut run = DatasetRun::default();
     let catalog_path = state.catalog(dataset);
-    if !catalog_path.exists() && !repo.list_manifests(Some(&repo.dataset_id(dataset)))?.is_empty() {
-        // The state directory was lost but the repository has this dataset's
-        // history: continue it rather than start a second, clashing one.
-        log::info!("{dataset}: no local catalog but the repository has backups of it; rebuilding the catalog first");
-        super::rebuild::rebuild(repo, state, Some(dataset))?;
+    if !catalog_path.exists() {
+        // The state directory was lost but the repository may have this
+        // dataset's history: continue it rather than start a second one.
+        if let Some(r) = rebuild_dataset_locked(repo, state, dataset, RebuildMode::Salvage, &lock)? {
+            log::info!(
+                "{dataset}: no local catalog; rebuilt it from the repository ({} changesets)",
+                r.changesets
+            );
+            run.damaged = r.damaged;
+        }
     }
-    let _lock = DatasetLock::acquire(&state.lock(dataset), dataset)?;
     let mut catalog = Catalog::open(&catalog_path, dataset)?;
-    let mut done = Vec::new();
 
     if let Some(open) = catalog.incomplete()? {
         match open.status {
             ChangesetStatus::Uploading => {
-                log::info!("{dataset}: resuming interrupted changeset {} (snapshot {})", open.id, open.snapshot);
-                let identity: BTreeMap<String, String> = serde_json::from_str(&open.identity).unwrap_or_default();
-                let snap = source
-                    .find_snapshot(&open.snapshot, &identity)
-                    .with_context(|| format!("cannot resume changeset {} of {dataset}", open.id))?;
-                // A crash may have stored packs the index never heard of.
-                let mut index = ChunkIndex::open(&state.index_db())?;
-                let found = repo.sync_index(&mut index)?;
-                if found > 0 {
-                    log::info!("{dataset}: indexed {found} packs stored before the interruption");
+                let identity: BTreeMap<String, String> = serde_json::from_str(&open.identity)
+                    .with_context(|| format!("changeset {} of {dataset} has a bad identity", open.id))?;
+                match source.find_snapshot(&open.snapshot, &identity)? {
+                    None => {
+                        let why = format!(
+                            "its snapshot {} was destroyed before its upload finished",
+                            open.snapshot
+                        );
+                        run.abandoned.push(abandon(&mut catalog, &open, &why)?);
+                    }
+                    Some(snap) => {
+                        log::info!("{dataset}: resuming interrupted changeset {} (snapshot {})", open.id, open.snapshot);
+                        source.hold(&snap)?;
+                        // A crash may have stored packs the index never heard of.
+                        let mut index = ChunkIndex::open(&state.index_db())?;
+                        let found = repo.sync_index(&mut index)?;
+                        if found > 0 {
+                            log::info!("{dataset}: indexed {found} packs stored before the interruption");
+                        }
+                        drop(index);
+                        let problems = BoundedList::default();
+                        match finish_changeset(repo, state, &mut catalog, source, &snap, &open, problems, opts, true)? {
+                            Finished::Done(s) => {
+                                source.committed(&snap)?;
+                                run.changesets.push(*s);
+                            }
+                            Finished::Abandoned(f) => run.abandoned.push(f),
+                        }
+                    }
                 }
-                drop(index);
-                let s = finish_changeset(repo, state, &mut catalog, source, &snap, &open, Vec::new(), opts, true)?;
-                source.committed(&snap)?;
-                done.push(s);
             }
             _ => {
                 log::info!("{dataset}: listing of changeset {} was interrupted; listing again", open.id);
@@ -102,7 +166,7 @@ pub fn backup_dataset(
     let snapshots = source.new_snapshots(last.as_ref().map(|c| c.snapshot.as_str()).zip(last_identity.as_ref()))?;
     for snap in snapshots {
         // The same run started again after a crash: resuming finished it.
-        if done.iter().any(|d: &ChangesetSummary| d.snapshot == snap.name) {
+        if run.changesets.iter().any(|d| d.snapshot == snap.name) {
             continue;
         }
         let identity = serde_json::to_string(&snap.identity)?;
@@ -114,11 +178,12 @@ pub fn backup_dataset(
                     snap.name
                 );
             }
-            if existing.identity == identity {
+            if existing.identity == identity && existing.status == ChangesetStatus::Complete {
                 continue; // the very same snapshot: done already
             }
             // The name was used again for another snapshot (after a ZFS
-            // rollback, say): keep both, under distinct labels.
+            // rollback, say), or the first one's manifest is damaged: keep
+            // both, under distinct labels.
             let mut n = 2;
             while catalog.changeset_by_snapshot(&format!("{}~{n}", snap.name))?.is_some() {
                 n += 1;
@@ -129,6 +194,8 @@ pub fn backup_dataset(
                 snap.name
             );
         }
+        // Pin the snapshot before anything of it is recorded.
+        source.hold(&snap)?;
         let prior_at = catalog.latest_complete()?.map(|c| c.id);
         let row = catalog.create_changeset(&NewChangeset {
             snapshot: &label,
@@ -138,29 +205,85 @@ pub fn backup_dataset(
             started_at: now(),
         })?;
         log::info!("{dataset}: finding changes for snapshot {} (changeset {})", snap.name, row.id);
-        let (method, problems) = list_changes(&mut catalog, source, &snap, row.id, prior_at)?;
-        catalog.set_listed(row.id, now(), &method)?;
+        let listed = list_changes(state, &mut catalog, source, &snap, row.id, prior_at)?;
+        catalog.set_listed(row.id, now(), &listed.method)?;
         fault::hit("listed");
         let row = catalog.changeset(row.id)?.context("changeset vanished")?;
-        let s = finish_changeset(repo, state, &mut catalog, source, &snap, &row, problems, opts, false)?;
-        source.committed(&snap)?;
-        done.push(s);
+        match finish_changeset(repo, state, &mut catalog, source, &snap, &row, listed.problems, opts, false)? {
+            Finished::Done(mut s) => {
+                s.repaired = listed.repaired;
+                source.committed(&snap)?;
+                run.changesets.push(*s);
+            }
+            Finished::Abandoned(f) => run.abandoned.push(f),
+        }
     }
-    Ok(done)
+    Ok(run)
+}
+
+/// End a changeset that can never finish, loudly.
+fn abandon(catalog: &mut Catalog, row: &ChangesetRow, why: &str) -> Result<FailedChangeset> {
+    let f = catalog.abandon_changeset(row.id, why, now())?;
+    log::error!(
+        "{}: changeset {} (snapshot {}) is abandoned: {why}; the next snapshot is backed up from changeset {}",
+        catalog.dataset(),
+        row.id,
+        row.snapshot,
+        catalog.latest_complete()?.map_or("none (a full walk)".to_string(), |c| format!("{} ({})", c.id, c.snapshot))
+    );
+    Ok(f)
+}
+
+/// End the open changeset of `snapshot` by hand (`n2s-agent abandon`).
+pub fn abandon_by_name(state: &StatePaths, dataset: &str, snapshot: &str) -> Result<FailedChangeset> {
+    let _lock = DatasetLock::acquire(&state.lock(dataset), dataset)?;
+    let path = state.catalog(dataset);
+    if !path.exists() {
+        bail!("dataset {dataset:?} has no local catalog, so it has no unfinished changeset to abandon");
+    }
+    let mut catalog = Catalog::open(&path, dataset)?;
+    let Some(open) = catalog.incomplete()? else {
+        bail!("dataset {dataset} has no unfinished changeset: nothing to abandon");
+    };
+    if open.snapshot != snapshot && format!("#{}", open.id) != snapshot {
+        bail!(
+            "the unfinished changeset of dataset {dataset} is {} (snapshot {}), not {snapshot:?}: name that one",
+            open.id,
+            open.snapshot
+        );
+    }
+    abandon(&mut catalog, &open, "abandoned by the operator (`n2s-agent abandon`)")
+}
+
+struct Listed {
+    method: String,
+    problems: BoundedList,
+    repaired: u64,
 }
 
 /// Ask the source for the changes and record them as rows of changeset `cs`.
 fn list_changes(
+    state: &StatePaths,
     catalog: &mut Catalog,
     source: &mut dyn ChangeSource,
     snap: &SnapshotRef,
     cs: i64,
     prior_at: Option<i64>,
-) -> Result<(String, Vec<String>)> {
+) -> Result<Listed> {
+    // Chunks whose every pack is lost: nothing may reference them again.
+    let mut orphans: HashSet<ChunkId> = HashSet::new();
+    {
+        let index = ChunkIndex::open(&state.index_db())?;
+        index.for_each_orphaned_chunk(|c| {
+            orphans.insert(c);
+            Ok(())
+        })?;
+    }
     // The source reads the prior tree through a second connection while
     // this one writes the new rows.
-    let reader = Catalog::open(&catalog_path_of(catalog)?, catalog.dataset())?;
+    let reader = Catalog::open(catalog.path(), catalog.dataset())?;
     let prior = CatalogPrior { catalog: &reader, at: prior_at };
+    let mut problems = BoundedList::default();
     let mut batch: Vec<FileRow> = Vec::with_capacity(4096);
     let mut emit = |c: crate::model::Change| -> Result<()> {
         let mut row = FileRow {
@@ -175,13 +298,21 @@ fn list_changes(
             uploaded_at: None,
             confirmed_at: None,
         };
-        if row.meta.as_ref().is_some_and(|m| m.ftype == FileType::File) {
+        if let Err(why) = manifest::check_encodable(&row.path, row.meta.as_ref()) {
+            // Never write a manifest the reader would refuse: the entry is
+            // left out of this snapshot, and said so.
+            problems.push(format!("{}: not backed up: {why}", display_path(&row.path)));
+            row.status = FileStatus::Failed;
+            row.error = Some(why);
+        } else if row.meta.as_ref().is_some_and(|m| m.ftype == FileType::File) {
             row.status = FileStatus::Pending;
             if row.kind == ChangeKind::Metadata {
-                // Same content as before: reuse its chunks, read nothing.
+                // Same content as before: reuse its chunks, read nothing,
+                // unless a chunk of it was in a lost pack.
                 if let Some(p) = prior_at.map(|n| reader.entry_at(n, &row.path)).transpose()?.flatten()
                     && p.meta.as_ref().is_some_and(|m| m.ftype == FileType::File)
                     && p.file_hash.is_some()
+                    && !p.chunks.iter().any(|c| orphans.contains(c))
                 {
                     row.chunks = p.chunks;
                     row.file_hash = p.file_hash;
@@ -201,16 +332,61 @@ fn list_changes(
     };
     let report = source.changes(&prior, snap, &mut emit)?;
     catalog.insert_files(&batch)?;
-    let problems: Vec<String> =
-        report.unreadable.iter().map(|u| format!("{}: {}", display_path(&u.path), u.error)).collect();
-    for p in &problems {
+    for u in &report.unreadable {
+        problems.push(format!("{}: {}", display_path(&u.path), u.error));
+    }
+    let repaired = match prior_at {
+        Some(n) if !orphans.is_empty() => read_again_what_lost_packs_held(catalog, &reader, cs, n, &orphans)?,
+        _ => 0,
+    };
+    for p in problems.items() {
         log::warn!("{}: {p}", catalog.dataset());
     }
-    Ok((report.method, problems))
+    Ok(Listed { method: report.method, problems, repaired })
 }
 
-fn catalog_path_of(catalog: &Catalog) -> Result<std::path::PathBuf> {
-    catalog.conn().path().map(std::path::PathBuf::from).context("catalog has no file path")
+/// Files of the prior tree that the diff did not name (unchanged) but whose
+/// content lived in a lost pack: they are read again from this snapshot, so
+/// that it, and every later one, is whole again.
+fn read_again_what_lost_packs_held(
+    catalog: &mut Catalog,
+    prior: &Catalog,
+    cs: i64,
+    prior_at: i64,
+    orphans: &HashSet<ChunkId>,
+) -> Result<u64> {
+    let mut n = 0u64;
+    let mut batch = Vec::new();
+    prior.for_each_in_tree(prior_at, None, |r| {
+        if r.chunks.iter().any(|c| orphans.contains(c)) && !catalog.has_row(cs, &r.path)? {
+            batch.push(FileRow {
+                changeset: cs,
+                kind: ChangeKind::Modified,
+                status: FileStatus::Pending,
+                chunks: Vec::new(),
+                file_hash: None,
+                error: None,
+                uploaded_at: None,
+                confirmed_at: None,
+                ..r
+            });
+            if batch.len() >= 4096 {
+                catalog.insert_files(&batch)?;
+                n += batch.len() as u64;
+                batch.clear();
+            }
+        }
+        Ok(())
+    })?;
+    catalog.insert_files(&batch)?;
+    n += batch.len() as u64;
+    if n > 0 {
+        log::warn!(
+            "{}: {n} unchanged files had content in lost packs; reading them again from this snapshot",
+            catalog.dataset()
+        );
+    }
+    Ok(n)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -221,18 +397,19 @@ fn finish_changeset(
     source: &mut dyn ChangeSource,
     snap: &SnapshotRef,
     row: &ChangesetRow,
-    mut problems: Vec<String>,
+    mut problems: BoundedList,
     opts: &BackupOptions,
     resumed: bool,
-) -> Result<ChangesetSummary> {
+) -> Result<Finished> {
     let dataset = catalog.dataset().to_string();
     let pending = catalog.count_pending(row.id)?;
     let reader = source.reader(snap)?;
     log::info!("{dataset}: {pending} files to read for snapshot {}", snap.name);
+    let catalog_path = catalog.path().to_path_buf();
     let report = upload_changeset(
         repo,
         &state.index_db(),
-        &catalog_path_of(catalog)?,
+        &catalog_path,
         &dataset,
         catalog,
         row.id,
@@ -243,28 +420,47 @@ fn finish_changeset(
     if catalog.count_pending(row.id)? > 0 {
         bail!("backup of {dataset} snapshot {} left files unread; run backup again to resume", snap.name);
     }
-    for (p, e) in &report.failed {
-        problems.push(format!("{}: {e}", display_path(p)));
+    if report.failed.total() > 0 {
+        // Unreadable files are normal (permissions), a vanished snapshot is
+        // not: committing would record all of its files as removed.
+        let identity: BTreeMap<String, String> = serde_json::from_str(&row.identity).unwrap_or_default();
+        if source.find_snapshot(&row.snapshot, &identity)?.is_none() {
+            let why = format!(
+                "its snapshot {} was destroyed while it was being backed up ({} files could not be read)",
+                snap.name,
+                report.failed.total()
+            );
+            return Ok(Finished::Abandoned(abandon(catalog, row, &why)?));
+        }
     }
-    let key = write_manifest(repo, catalog, row, opts.checkpoint_every)?;
+    for p in report.failed.items() {
+        problems.push(p.clone());
+    }
+    problems.add_uncounted(report.failed.total().saturating_sub(report.failed.items().len() as u64));
+    let (key, kind) = write_manifest(repo, catalog, row, opts)?;
     log::debug!("{dataset}: manifest {key}");
     let done = catalog.changeset(row.id)?.context("changeset vanished")?;
-    Ok(ChangesetSummary {
+    Ok(Finished::Done(Box::new(ChangesetSummary {
         dataset,
         snapshot: done.snapshot,
         changeset: done.id,
         method: done.method,
         resumed,
+        kind: kind.to_string(),
         added: done.n_added,
         modified: done.n_modified,
         metadata: done.n_metadata,
         removed: done.n_removed,
         failed: done.n_failed,
+        changed_during_read: report.changed.total(),
+        repaired: 0,
         bytes_read: report.bytes_read,
         bytes_uploaded: report.bytes_uploaded,
         packs: report.packs,
-        problems,
-    })
+        problems_total: problems.total(),
+        problems: problems.into_items(),
+        changed_paths: report.changed.into_items(),
+    })))
 }
 
 fn record_of(row: &FileRow, kind: RecordKind) -> Record {
@@ -293,16 +489,22 @@ struct SegmentWriter<'a> {
     buf: Vec<u8>,
     records: u64,
     segments: Vec<SegmentRef>,
+    per_record: usize,
 }
 
 impl SegmentWriter<'_> {
     fn push(&mut self, r: &Record) -> Result<()> {
-        manifest::encode_record(r, &mut self.buf);
-        self.records += 1;
-        if self.buf.len() >= SEGMENT_TARGET {
-            self.flush()?;
-        }
-        Ok(())
+        let per_record = self.per_record;
+        // A long chunk list becomes several records; a segment may end
+        // between them, so none outgrows what the reader accepts.
+        manifest::encode_split(r, per_record, &mut |enc| {
+            self.buf.extend_from_slice(enc);
+            self.records += 1;
+            if self.buf.len() >= SEGMENT_TARGET {
+                self.flush()?;
+            }
+            Ok(())
+        })
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -325,10 +527,23 @@ fn write_manifest(
     repo: &Repository,
     catalog: &mut Catalog,
     row: &ChangesetRow,
-    checkpoint_every: i64,
-) -> Result<String> {
-    let full = row.parent.is_none() || row.id % checkpoint_every.max(1) == 0;
-    let mut w = SegmentWriter { repo, buf: Vec::new(), records: 0, segments: Vec::new() };
+    opts: &BackupOptions,
+) -> Result<(String, &'static str)> {
+    let parent = match row.parent {
+        Some(p) => Some(catalog.changeset(p)?.with_context(|| format!("changeset {p}, the parent, vanished"))?),
+        None => None,
+    };
+    // A full manifest after a damaged changeset: nothing later may depend
+    // on a manifest that cannot be read.
+    let full = parent.as_ref().is_none_or(|p| p.status != ChangesetStatus::Complete)
+        || row.id % opts.checkpoint_every.max(1) == 0;
+    let mut w = SegmentWriter {
+        repo,
+        buf: Vec::new(),
+        records: 0,
+        segments: Vec::new(),
+        per_record: opts.chunks_per_record,
+    };
     if full {
         catalog.for_each_in_tree(row.id, None, |r| {
             let kind = if r.changeset == row.id { RecordKind::Changed(r.kind) } else { RecordKind::Present };
@@ -351,17 +566,13 @@ fn write_manifest(
     }
     w.flush()?;
     let (added, modified, metadata, removed, failed, bytes_changed) = catalog.tally(row.id)?;
-    let parent_uid = match row.parent {
-        Some(p) => catalog.changeset(p)?.map(|c| c.uid),
-        None => None,
-    };
     let completed_at = now();
     let header = ManifestHeader {
         format: manifest::MANIFEST_FORMAT,
         dataset: catalog.dataset().to_string(),
         seq: row.id as u64,
         changeset: row.uid.clone(),
-        parent: parent_uid,
+        parent: parent.map(|p| p.uid),
         kind: if full { ManifestKind::Full } else { ManifestKind::Delta },
         snapshot: SnapshotInfo {
             name: row.snapshot.clone(),
@@ -376,25 +587,32 @@ fn write_manifest(
         bytes_uploaded: catalog.changeset(row.id)?.map_or(0, |c| c.bytes_uploaded),
         segments: w.segments,
     };
-    let dataset_id = repo.dataset_id(catalog.dataset());
-    let key = ManifestHeader::object_key(&dataset_id, row.id as u64, &row.uid);
-    // Another agent with its own state may have written this dataset's
-    // changeset of the same number: two histories must never interleave.
-    let same_seq = format!("manifests/{dataset_id}/{:010}-", row.id);
-    if let Some(other) =
-        repo.list_manifests(Some(&dataset_id))?.into_iter().find(|k| k.starts_with(&same_seq) && *k != key)
-    {
-        bail!(
-            "dataset {} already has a changeset {} in the repository ({other}) that this host did not write: \
-             two agents back up datasets of the same name; give each a distinct --dataset name, or run `catalog rebuild` here",
-            catalog.dataset(),
-            row.id
-        );
-    }
+    let key = ManifestHeader::object_key(&repo.dataset_id(catalog.dataset()), row.id as u64);
     fault::hit("before-manifest");
-    // AlreadyExists means a run that crashed right after this put stored it.
-    repo.put(&key, &header.seal(&repo.sealer)?)?;
+    // The header's key is the changeset's number, written put-if-absent:
+    // the backend lets exactly one writer own it, whatever the timing.
+    match repo.put(&key, &header.seal(&repo.sealer)?)? {
+        PutOutcome::Created => {}
+        PutOutcome::AlreadyExists => {
+            let existing = repo
+                .read_manifest(&key)
+                .with_context(|| format!("changeset {} of {} is already in the repository", row.id, catalog.dataset()))?;
+            // Ours: a run that crashed right after this put stored it.
+            if existing.changeset != row.uid {
+                bail!(
+                    "dataset {} already has a changeset {} in the repository (snapshot {}, written by another agent): \
+                     two hosts back up datasets of the same name; give each host its own --dataset name \
+                     (this host's snapshot {} is not stored)",
+                    catalog.dataset(),
+                    row.id,
+                    existing.snapshot.name,
+                    row.snapshot
+                );
+            }
+        }
+    }
     fault::hit("after-manifest");
-    catalog.set_complete(row.id, if full { "full" } else { "delta" }, &key, completed_at, 0)?;
-    Ok(key)
+    let kind = if full { "full" } else { "delta" };
+    catalog.set_complete(row.id, kind, &key, completed_at, 0)?;
+    Ok((key, kind))
 }

@@ -2,6 +2,7 @@
 //! the catalog together. Each flow is one file.
 
 pub mod backup;
+pub mod chain;
 pub mod prior;
 pub mod rebuild;
 pub mod restore;

@@ -42,7 +42,10 @@ use crate::core::pack::{self, FinishedPack, KIND_DATA, PackBuilder};
 use crate::model::{ChunkId, display_path};
 use crate::repo::Repository;
 use crate::source::SnapshotReader;
-use crate::util::{fault, now};
+use crate::util::{BoundedList, fault, now};
+
+/// The note kept in the row of a file that changed while it was read.
+pub const CHANGED_DURING_READ: &str = "changed while it was read";
 
 #[derive(Clone, Debug)]
 pub struct UploadOptions {
@@ -50,22 +53,54 @@ pub struct UploadOptions {
     pub pack_target: usize,
     pub sealers: usize,
     pub uploaders: usize,
+    /// A file with more chunks than this is refused (manifest::MAX_FILE_CHUNKS;
+    /// lowered only by tests).
+    pub max_file_chunks: usize,
 }
 
 impl Default for UploadOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        UploadOptions { pack_target: 16 << 20, sealers: cores, uploaders: 2 }
+        UploadOptions {
+            pack_target: 16 << 20,
+            sealers: cores,
+            uploaders: 2,
+            max_file_chunks: crate::core::manifest::MAX_FILE_CHUNKS,
+        }
     }
 }
 
 #[derive(Debug, Default)]
 pub struct UploadReport {
     pub files_stored: u64,
-    pub failed: Vec<(Vec<u8>, String)>,
+    /// "path: why" of files that could not be read (bounded; all are rows).
+    pub failed: BoundedList,
+    /// Paths of files that changed while they were read, twice: stored as
+    /// read the second time, marked in their row.
+    pub changed: BoundedList,
     pub bytes_read: u64,
     pub bytes_uploaded: u64,
     pub packs: u64,
+}
+
+/// How reading one file ended.
+enum ReadEnd {
+    /// Read whole: its length.
+    Read(u64),
+    /// Read whole, but it changed while it was read (twice in a row).
+    Changed(u64),
+    /// It changed while read: this attempt's chunks are dropped and the
+    /// file is read again right away.
+    Discard,
+    Failed(String),
+}
+
+/// What a file looked like, to tell whether it changed while it was read
+/// (a walked directory is live; a snapshot never changes).
+fn file_state(f: &std::fs::File) -> Option<(u64, i64, i64, i64, i64)> {
+    let st = rustix::fs::fstat(f).ok()?;
+    #[allow(clippy::unnecessary_cast)]
+    Some((st.st_size as u64, st.st_mtime as i64, st.st_mtime_nsec as i64, st.st_ctime as i64, st.st_ctime_nsec as i64))
 }
 
 enum Work {
@@ -74,12 +109,11 @@ enum Work {
         token: u64,
         data: Vec<u8>,
     },
-    /// The file's size as read, or why it could not be read.
     End {
         seq: u64,
         token: u64,
         path: Vec<u8>,
-        outcome: Result<u64, String>,
+        outcome: ReadEnd,
     },
 }
 
@@ -99,7 +133,7 @@ enum Sealed {
         seq: u64,
         token: u64,
         path: Vec<u8>,
-        outcome: Result<u64, String>,
+        outcome: ReadEnd,
     },
 }
 
@@ -117,7 +151,15 @@ struct PackJob {
 }
 
 enum ToCommitter {
-    FileReady { path: Vec<u8>, chunks: Vec<ChunkId>, need_pack: u64, size: u64, hash: [u8; 32], at: i64 },
+    FileReady {
+        path: Vec<u8>,
+        chunks: Vec<ChunkId>,
+        need_pack: u64,
+        size: u64,
+        hash: [u8; 32],
+        at: i64,
+        changed: bool,
+    },
     FileFailed { path: Vec<u8>, error: String },
     Confirmed { seq: u64, job: PackJob },
     UploadFailed { error: String },
@@ -188,49 +230,87 @@ pub fn upload_changeset(
                                 ahead.push_back((f, opened));
                             }
                             let Some((f, opened)) = ahead.pop_front() else { break };
-                            if abort.load(Ordering::Relaxed) {
-                                return Ok(());
-                            }
-                            token += 1;
-                            let outcome = match opened {
-                                Err(e) => Err(format!("cannot open: {e}")),
-                                Ok(file) => {
-                                    let mut res = Ok(());
-                                    let mut len = 0u64;
-                                    let mut chunker =
-                                        Chunker::with_buffer(file, chunker_params, seed, std::mem::take(&mut buf));
-                                    for chunk in &mut chunker {
-                                        match chunk {
-                                            Ok(data) => {
-                                                len += data.len() as u64;
-                                                if slot_tx.send(()).is_err()
-                                                    || work_tx.send(Work::Chunk { seq, token, data }).is_err()
-                                                {
-                                                    return Ok(());
-                                                }
-                                                seq += 1;
+                            let mut opened = opened;
+                            // A file that changes while it is read is read
+                            // once more; after that it is stored as read.
+                            for attempt in 1..=2 {
+                                if abort.load(Ordering::Relaxed) {
+                                    return Ok(());
+                                }
+                                token += 1;
+                                let outcome = match opened {
+                                    Err(e) => ReadEnd::Failed(format!("cannot open: {e}")),
+                                    Ok(file) => {
+                                        let before = file_state(&file);
+                                        let size = f.meta.as_ref().map_or(0, |m| m.size);
+                                        let mut res = Ok(());
+                                        let mut len = 0u64;
+                                        let mut chunker = Chunker::with_buffer(
+                                            file,
+                                            chunker_params,
+                                            seed,
+                                            std::mem::take(&mut buf),
+                                        );
+                                        for chunk in &mut chunker {
+                                            // Stop within a chunk of the first fatal error
+                                            // anywhere: a failed 2 TB image is not read on.
+                                            if abort.load(Ordering::Relaxed) {
+                                                log::info!(
+                                                    "stopped reading {} after {len} of {size} bytes: the backup failed",
+                                                    display_path(&f.path)
+                                                );
+                                                return Ok(());
                                             }
-                                            Err(e) => {
-                                                res = Err(format!("read error: {e}"));
-                                                break;
+                                            match chunk {
+                                                Ok(data) => {
+                                                    len += data.len() as u64;
+                                                    if slot_tx.send(()).is_err()
+                                                        || work_tx.send(Work::Chunk { seq, token, data }).is_err()
+                                                    {
+                                                        return Ok(());
+                                                    }
+                                                    seq += 1;
+                                                }
+                                                Err(e) => {
+                                                    res = Err(format!("read error: {e}"));
+                                                    break;
+                                                }
                                             }
                                         }
+                                        let (file, b) = chunker.into_parts();
+                                        buf = b;
+                                        match res {
+                                            Err(e) => ReadEnd::Failed(e),
+                                            Ok(()) if before.is_some() && file_state(&file) != before => {
+                                                if attempt == 1 {
+                                                    ReadEnd::Discard
+                                                } else {
+                                                    ReadEnd::Changed(len)
+                                                }
+                                            }
+                                            Ok(()) => ReadEnd::Read(len),
+                                        }
                                     }
-                                    buf = chunker.into_buffer();
-                                    res.map(|()| len)
+                                };
+                                let again = matches!(outcome, ReadEnd::Discard);
+                                if slot_tx.send(()).is_err()
+                                    || work_tx.send(Work::End { seq, token, path: f.path.clone(), outcome }).is_err()
+                                {
+                                    return Ok(());
                                 }
-                            };
-                            if slot_tx.send(()).is_err()
-                                || work_tx.send(Work::End { seq, token, path: f.path, outcome }).is_err()
-                            {
-                                return Ok(());
+                                seq += 1;
+                                if !again {
+                                    break;
+                                }
+                                log::info!("{} changed while it was read; reading it again", display_path(&f.path));
+                                opened = reader.open(&f.path);
                             }
-                            seq += 1;
                         }
                     }
                     Ok(())
                 })();
                 if let Err(e) = result {
+                    abort.store(true, Ordering::Relaxed);
                     let _ = commit_tx.send(ToCommitter::Fatal { error: format!("{e:#}") });
                 }
             });
@@ -241,10 +321,14 @@ pub fn upload_changeset(
             let work_rx = work_rx.clone();
             let sealed_tx = sealed_tx.clone();
             let commit_tx = commit_tx.clone();
+            let abort = &abort;
             s.spawn(move || {
                 let result = (|| -> Result<()> {
                     let index = ChunkIndex::open(index_path)?;
                     for w in work_rx {
+                        if abort.load(Ordering::Relaxed) {
+                            continue; // drain: upstream stops at its next check
+                        }
                         let out = match w {
                             Work::Chunk { seq, token, data } => {
                                 let id = repo.keys.chunk_id(&data);
@@ -264,6 +348,7 @@ pub fn upload_changeset(
                     Ok(())
                 })();
                 if let Err(e) = result {
+                    abort.store(true, Ordering::Relaxed);
                     let _ = commit_tx.send(ToCommitter::Fatal { error: format!("{e:#}") });
                 }
             });
@@ -274,11 +359,13 @@ pub fn upload_changeset(
         // Packer: puts chunks back in reader order, drops duplicates, fills packs.
         {
             let commit_tx = commit_tx.clone();
-            let pack_target = opts.pack_target;
+            let limits = (opts.pack_target, opts.max_file_chunks);
+            let abort = &abort;
             s.spawn(move || {
                 let result =
-                    run_packer(repo, index_path, sealed_rx, slot_rx, pack_tx, &commit_tx, confirm_rx, pack_target);
+                    run_packer(repo, index_path, sealed_rx, slot_rx, pack_tx, &commit_tx, confirm_rx, limits, abort);
                 if let Err(e) = result {
+                    abort.store(true, Ordering::Relaxed);
                     let _ = commit_tx.send(ToCommitter::Fatal { error: format!("{e:#}") });
                 }
             });
@@ -288,8 +375,12 @@ pub fn upload_changeset(
         for _ in 0..opts.uploaders {
             let pack_rx = pack_rx.clone();
             let commit_tx = commit_tx.clone();
+            let abort = &abort;
             s.spawn(move || {
                 for job in pack_rx {
+                    if abort.load(Ordering::Relaxed) {
+                        continue; // a failed run stores nothing more
+                    }
                     match repo.put(&job.pack.id.object_key(), &job.pack.bytes) {
                         Ok(_) => {
                             fault::hit("pack-uploaded");
@@ -297,6 +388,7 @@ pub fn upload_changeset(
                             let _ = commit_tx.send(ToCommitter::Confirmed { seq, job });
                         }
                         Err(e) => {
+                            abort.store(true, Ordering::Relaxed);
                             let _ = commit_tx.send(ToCommitter::UploadFailed { error: format!("{e:#}") });
                         }
                     }
@@ -321,11 +413,12 @@ struct FileAcc {
     chunks: Vec<ChunkId>,
     need_pack: u64,
     hasher: blake3::Hasher,
+    too_large: bool,
 }
 
 impl FileAcc {
     fn new() -> FileAcc {
-        FileAcc { chunks: Vec::new(), need_pack: 0, hasher: blake3::Hasher::new() }
+        FileAcc { chunks: Vec::new(), need_pack: 0, hasher: blake3::Hasher::new(), too_large: false }
     }
 }
 
@@ -338,7 +431,8 @@ fn run_packer(
     pack_tx: Sender<PackJob>,
     commit_tx: &Sender<ToCommitter>,
     confirm_rx: Receiver<u64>,
-    pack_target: usize,
+    (pack_target, max_file_chunks): (usize, usize),
+    abort: &AtomicBool,
 ) -> Result<()> {
     let index = ChunkIndex::open(index_path)?;
     let mut reorder: BTreeMap<u64, Sealed> = BTreeMap::new();
@@ -352,6 +446,9 @@ fn run_packer(
     let mut builder = PackBuilder::new(pack_target + (4 << 20));
 
     for item in sealed_rx {
+        if abort.load(Ordering::Relaxed) {
+            return Ok(()); // dropping the channels stops the stages around
+        }
         reorder.insert(item.seq(), item);
         while let Some(item) = reorder.remove(&next) {
             next += 1;
@@ -367,6 +464,12 @@ fn run_packer(
                     let acc = files.entry(token).or_insert_with(FileAcc::new);
                     acc.hasher.update(&plain);
                     drop(plain);
+                    if acc.chunks.len() >= max_file_chunks {
+                        // Beyond what one file of the format can hold: the
+                        // file fails at its end; nothing is kept of it.
+                        acc.too_large = true;
+                        continue;
+                    }
                     acc.chunks.push(id);
                     match sealed {
                         None => {}
@@ -405,15 +508,23 @@ fn run_packer(
                         }
                     }
                     let msg = match outcome {
-                        Ok(size) => ToCommitter::FileReady {
+                        ReadEnd::Discard => continue,
+                        _ if acc.too_large => ToCommitter::FileFailed {
+                            path,
+                            error: format!(
+                                "too large: it has more than {max_file_chunks} chunks, the most one file of the n2s format can hold (7 TiB or more)"
+                            ),
+                        },
+                        ReadEnd::Read(size) | ReadEnd::Changed(size) => ToCommitter::FileReady {
                             path,
                             hash: *acc.hasher.finalize().as_bytes(),
                             chunks: acc.chunks,
                             need_pack: acc.need_pack,
                             size,
                             at: now(),
+                            changed: matches!(outcome, ReadEnd::Changed(_)),
                         },
-                        Err(error) => ToCommitter::FileFailed { path, error },
+                        ReadEnd::Failed(error) => ToCommitter::FileFailed { path, error },
                     };
                     if commit_tx.send(msg).is_err() {
                         return Ok(());
@@ -458,9 +569,17 @@ fn run_committer(
 
     for msg in commit_rx {
         match msg {
-            ToCommitter::FileReady { path, chunks, need_pack, size, hash, at } => {
+            ToCommitter::FileReady { path, chunks, need_pack, size, hash, at, changed } => {
                 report.bytes_read += size;
-                let f = StoredFile { path, chunks, file_hash: hash, size, uploaded_at: at, note: None };
+                let note = changed.then(|| {
+                    log::warn!(
+                        "{} changed while it was read, twice: stored as read the second time (it may mix old and new content)",
+                        display_path(&path)
+                    );
+                    report.changed.push(display_path(&path));
+                    CHANGED_DURING_READ.to_string()
+                });
+                let f = StoredFile { path, chunks, file_hash: hash, size, uploaded_at: at, note };
                 if need_pack <= watermark {
                     batch.push(f);
                 } else {
@@ -470,7 +589,7 @@ fn run_committer(
             ToCommitter::FileFailed { path, error } => {
                 log::warn!("cannot back up {}: {error}", display_path(&path));
                 catalog.mark_failed(cs, &path, &error)?;
-                report.failed.push((path, error));
+                report.failed.push(format!("{}: {error}", display_path(&path)));
             }
             ToCommitter::Confirmed { seq, job } => {
                 index.add_pack(&job.pack.id, job.pack.bytes.len() as u64, &job.pack.entries, now())?;

@@ -69,8 +69,9 @@ pub trait ChangeSource {
     /// Snapshots not yet backed up, oldest first. `last` is the name and
     /// identity of the newest backed-up snapshot.
     fn new_snapshots(&mut self, last: Option<(&str, &BTreeMap<String, String>)>) -> Result<Vec<SnapshotRef>>;
-    /// Find a snapshot again by name (to resume an interrupted changeset).
-    fn find_snapshot(&mut self, name: &str, identity: &BTreeMap<String, String>) -> Result<SnapshotRef>;
+    /// Find a snapshot again by name and identity (to resume an interrupted
+    /// changeset): `None` when it no longer exists (a pruner destroyed it).
+    fn find_snapshot(&mut self, name: &str, identity: &BTreeMap<String, String>) -> Result<Option<SnapshotRef>>;
     /// Emit every change from the prior state to `snap`.
     fn changes(
         &mut self,
@@ -83,8 +84,14 @@ pub trait ChangeSource {
     fn take_snapshot(&mut self, name: &str) -> Result<SnapshotRef> {
         anyhow::bail!("the {} source cannot take snapshots (asked for {name:?})", self.kind())
     }
-    /// Called once a snapshot's changeset is committed (zfs places its
-    /// hold on the new base here).
+    /// Keep `snap` from being destroyed while its changeset is open: called
+    /// before its changes are listed, and again before a resumed upload
+    /// (zfs places a hold; other sources cannot pin a snapshot).
+    fn hold(&mut self, _snap: &SnapshotRef) -> Result<()> {
+        Ok(())
+    }
+    /// Called once a snapshot's changeset is committed: it is the new diff
+    /// base (zfs keeps its hold and releases the older ones here).
     fn committed(&mut self, _snap: &SnapshotRef) -> Result<()> {
         Ok(())
     }

@@ -179,8 +179,10 @@ impl ChangeSource for WalkSource {
         Ok(vec![self.snapshot_ref(&self.label)])
     }
 
-    fn find_snapshot(&mut self, name: &str, _identity: &BTreeMap<String, String>) -> Result<SnapshotRef> {
-        Ok(self.snapshot_ref(name))
+    fn find_snapshot(&mut self, name: &str, _identity: &BTreeMap<String, String>) -> Result<Option<SnapshotRef>> {
+        // The walked directory is live, not a snapshot: it cannot vanish
+        // the way a pruned snapshot does.
+        Ok(Some(self.snapshot_ref(name)))
     }
 
     fn changes(

@@ -204,12 +204,12 @@ impl ChangeSource for ZfsSource {
         newer.iter().map(|s| self.snapshot_ref(s)).collect()
     }
 
-    fn find_snapshot(&mut self, name: &str, identity: &BTreeMap<String, String>) -> Result<SnapshotRef> {
+    fn find_snapshot(&mut self, _name: &str, identity: &BTreeMap<String, String>) -> Result<Option<SnapshotRef>> {
         let want = identity.get("guid");
-        let s = self.list()?.into_iter().find(|s| Some(&s.guid) == want).with_context(|| {
-            format!("snapshot {}@{name} with guid {} is gone", self.dataset, want.map_or("?", |s| s))
-        })?;
-        self.snapshot_ref(&s)
+        match self.list()?.into_iter().find(|s| Some(&s.guid) == want) {
+            Some(s) => self.snapshot_ref(&s).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn changes(
@@ -258,17 +258,28 @@ impl ChangeSource for ZfsSource {
         snapshot_reader(snap)
     }
 
-    fn committed(&mut self, snap: &SnapshotRef) -> Result<()> {
+    fn hold(&mut self, snap: &SnapshotRef) -> Result<()> {
         if !self.holds {
             return Ok(());
         }
+        // The snapshot being backed up is held from before its changes are
+        // listed until it is no longer the base: a pruner that runs during
+        // a long upload (or a long outage) cannot destroy it under us.
         let full = format!("{}@{}", self.dataset, snap.name);
-        // Hold the new base first, then release older ones: there is never
-        // a moment without a held base.
         let holds = zfs(&["holds", "-H", &full])?;
         if !holds.lines().any(|l| l.split('\t').nth(1) == Some(HOLD_TAG)) {
             zfs(&["hold", HOLD_TAG, &full])?;
         }
+        Ok(())
+    }
+
+    fn committed(&mut self, snap: &SnapshotRef) -> Result<()> {
+        if !self.holds {
+            return Ok(());
+        }
+        // Hold the new base first (normally already held since its listing),
+        // then release older ones: there is never a moment without a held base.
+        self.hold(snap)?;
         for s in self.list()? {
             if s.name == snap.name {
                 continue;
