@@ -1,6 +1,7 @@
 //! A repository: a backend plus the key, and the object layout on it.
 //!
-//! Layout (docs/FORMAT.md): `config` (plain JSON), `data/XX/<pack id>`,
+//! Layout (docs/FORMAT.md): `config` (plain JSON, with a sealed copy of its
+//! parameters), `config.sealed` (the whole config, sealed), `data/XX/<pack id>`,
 //! `segments/<hash>`, `manifests/<dataset id>/<seq>-<changeset id>`.
 //! Only `config` is readable without the key; no object key carries a file
 //! or dataset name.
@@ -19,11 +20,20 @@ use crate::core::seal::Sealer;
 use crate::model::ChunkId;
 
 pub const CONFIG_KEY: &str = "config";
+/// The redundant copy of `config`: its exact bytes, sealed.
+pub const CONFIG_COPY_KEY: &str = "config.sealed";
 pub const REPO_FORMAT: &str = "n2s-repository";
-pub const REPO_VERSION: u32 = 1;
+pub const REPO_VERSION: u32 = 2;
 const KEY_CHECK_AAD: &[u8] = b"n2s key check";
+/// AAD of the config's own sealed part (its parameters).
+const CONFIG_AAD: &[u8] = b"n2s config";
+/// AAD of `config.sealed` (the whole config object).
+const CONFIG_COPY_AAD: &[u8] = b"n2s config copy";
+/// The plaintext fields that are not parameters, so not in the sealed part.
+const UNSEALED_FIELDS: [&str; 2] = ["key_check", "sealed"];
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct RepoConfig {
     pub format: String,
     pub version: u32,
@@ -37,6 +47,32 @@ pub struct RepoConfig {
     /// The repository id sealed under the key: proves a key opens this
     /// repository before anything is written.
     pub key_check: String,
+    /// Every other field above, as a JSON object, sealed under the key. The
+    /// plaintext fields are only a readable mirror of it: a reader refuses a
+    /// config whose plaintext differs, so a backend cannot change what
+    /// writers obey (the chunker sizes would let it fingerprint files by
+    /// their chunk boundaries).
+    pub sealed: String,
+}
+
+impl RepoConfig {
+    /// The parameters the sealed part covers: every field but `key_check`
+    /// and `sealed`. Built from the serialized struct so that a field added
+    /// later is sealed without anyone having to remember it.
+    fn params(&self) -> Result<serde_json::Map<String, serde_json::Value>> {
+        let serde_json::Value::Object(mut m) = serde_json::to_value(self)? else {
+            bail!("the repository config does not serialize to a JSON object");
+        };
+        for f in UNSEALED_FIELDS {
+            m.remove(f);
+        }
+        Ok(m)
+    }
+
+    /// The bytes of the `config` object.
+    fn to_object(&self) -> Result<Vec<u8>> {
+        Ok(serde_json::to_vec_pretty(self)?)
+    }
 }
 
 pub struct Repository {
@@ -44,24 +80,245 @@ pub struct Repository {
     pub config: RepoConfig,
     pub keys: DerivedKeys,
     pub sealer: Sealer,
+    /// What `open` found wrong with the config objects and worked around
+    /// (a lost or damaged `config` served from its copy, or a lost copy):
+    /// `restore_config_object` fixes it. `None` when both are sound.
+    pub config_problem: Option<String>,
 }
 
 fn backend_err(e: BackendError) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }
 
+/// The `config` object as found on the backend.
+enum PlainConfig {
+    Missing,
+    /// Not a JSON object: corruption, not an edit (an edit keeps it JSON).
+    Damaged(String),
+    Parsed(serde_json::Map<String, serde_json::Value>),
+}
+
+/// `config.sealed` as found on the backend.
+enum CopyState {
+    Missing,
+    /// Present, but does not open under this key or holds no valid config.
+    Bad(String),
+    Valid(RepoConfig),
+}
+
+/// Why a config object that parses is refused.
+enum Refusal {
+    NotN2s(String),
+    Newer(u64),
+    PreRelease,
+    WrongKey,
+    Altered(String),
+    Invalid(String),
+}
+
+impl Refusal {
+    /// What the plaintext says, for the "altered" message when the sealed
+    /// copy shows the repository is really a version-2 one this key opens.
+    fn as_alteration(&self) -> String {
+        match self {
+            Refusal::NotN2s(f) => format!("field `format` is {f}"),
+            Refusal::Newer(v) => format!("field `version` is {v}"),
+            Refusal::PreRelease => "field `version` is 1".into(),
+            Refusal::WrongKey => "its key check does not open to its id".into(),
+            Refusal::Altered(d) | Refusal::Invalid(d) => d.clone(),
+        }
+    }
+
+    fn into_error(self, loc: &str, copy_valid: bool) -> anyhow::Error {
+        match self {
+            Refusal::NotN2s(f) => anyhow::anyhow!("{loc} is not an n2s repository (format {f}): check --repo"),
+            Refusal::Newer(v) => anyhow::anyhow!(
+                "repository at {loc} has format version {v}, this n2s-agent reads version {REPO_VERSION}: upgrade n2s-agent"
+            ),
+            Refusal::PreRelease => anyhow::anyhow!(
+                "repository at {loc} has format version 1, made by pre-release n2s-agent 0.1, which this n2s-agent does not read: make a new repository at another location and back up again"
+            ),
+            Refusal::WrongKey => wrong_key(loc),
+            Refusal::Altered(d) => altered(loc, &d, copy_valid),
+            Refusal::Invalid(d) => {
+                anyhow::anyhow!("repository config at {loc} is invalid ({d}): it was not written by n2s-agent")
+            }
+        }
+    }
+}
+
+fn wrong_key(loc: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the key does not open the repository at {loc} (wrong key file, or wrong repository): use the key that `init` made for it"
+    )
+}
+
+fn altered(loc: &str, detail: &str, copy_valid: bool) -> anyhow::Error {
+    let fix = if copy_valid {
+        "check who can write there, then delete the `config` object and run `n2s-agent repair` to rewrite it from its sealed copy config.sealed, or restore `config` from a copy of the repository"
+    } else {
+        "check who can write there, then restore the `config` object from a copy of the repository"
+    };
+    anyhow::anyhow!(
+        "the repository config at {loc} was altered ({detail}): n2s-agent does not use a config it cannot authenticate (someone with write access to the repository changed it, or it is corrupt); {fix}"
+    )
+}
+
+fn lost(loc: &str, config: &str, copy: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the repository config at {loc} and its sealed copy are lost or damaged (`config` {config}, `config.sealed` {copy}): the packs and manifests are intact but cannot be opened without the repository config; restore the `config` object (or config.sealed) from a copy of the repository"
+    )
+}
+
+fn parse_object(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err("not a JSON object".into()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
+}
+
+/// Check a config object that parses, in this order: format, version
+/// (newer), key check, version (1), sealed part, plaintext against the
+/// sealed part, field types and chunker sizes. The key check comes before
+/// anything that needs the key, so a wrong key is named as such.
+fn check_config(obj: &serde_json::Map<String, serde_json::Value>, sealer: &Sealer) -> Result<RepoConfig, Refusal> {
+    let field = |k: &str| obj.get(k);
+    match field("format") {
+        Some(serde_json::Value::String(f)) if f == REPO_FORMAT => {}
+        Some(f) => return Err(Refusal::NotN2s(f.to_string())),
+        None => return Err(Refusal::NotN2s("missing".into())),
+    }
+    let version = match field("version").and_then(|v| v.as_u64()) {
+        Some(v) if v > REPO_VERSION as u64 => return Err(Refusal::Newer(v)),
+        Some(v) => v,
+        None => return Err(Refusal::Altered("field `version` is missing or not a number".into())),
+    };
+    // Version 1 had the same key check, so a wrong key is still named first.
+    let id = field("id").and_then(|v| v.as_str()).unwrap_or_default();
+    let check = field("key_check").and_then(|v| v.as_str()).and_then(|h| hex::decode(h).ok()).unwrap_or_default();
+    match sealer.open(KEY_CHECK_AAD, &check) {
+        Ok(plain) if !id.is_empty() && plain == id.as_bytes() => {}
+        _ => return Err(Refusal::WrongKey),
+    }
+    if version == 1 {
+        return Err(Refusal::PreRelease);
+    }
+    if version != REPO_VERSION as u64 {
+        return Err(Refusal::Altered(format!("field `version` is {version}, which n2s-agent never wrote")));
+    }
+    let Some(sealed_hex) = field("sealed").and_then(|v| v.as_str()) else {
+        return Err(Refusal::Altered("field `sealed` is missing".into()));
+    };
+    let sealed_params = hex::decode(sealed_hex)
+        .ok()
+        .and_then(|b| sealer.open(CONFIG_AAD, &b).ok())
+        .and_then(|plain| parse_object(&plain).ok())
+        .ok_or_else(|| {
+            Refusal::Altered(
+                "its sealed part does not open with this key: it was replaced, perhaps by another repository's".into(),
+            )
+        })?;
+    let mut plain_params = obj.clone();
+    for f in UNSEALED_FIELDS {
+        plain_params.remove(f);
+    }
+    if plain_params != sealed_params {
+        let mut diffs = Vec::new();
+        for (k, v) in &sealed_params {
+            match plain_params.get(k) {
+                None => diffs.push(format!("field `{k}` is missing")),
+                Some(p) if p != v => diffs.push(format!("field `{k}` differs from its sealed part")),
+                Some(_) => {}
+            }
+        }
+        for k in plain_params.keys().filter(|k| !sealed_params.contains_key(*k)) {
+            diffs.push(format!("field `{k}` is not in its sealed part"));
+        }
+        return Err(Refusal::Altered(diffs.join(", ")));
+    }
+    let config: RepoConfig =
+        serde_json::from_value(serde_json::Value::Object(obj.clone())).map_err(|e| Refusal::Invalid(e.to_string()))?;
+    config.chunker.validate().map_err(Refusal::Invalid)?;
+    Ok(config)
+}
+
+fn read_copy(backend: &dyn Backend, sealer: &Sealer) -> Result<CopyState> {
+    let sealed = match backend.get(CONFIG_COPY_KEY, None) {
+        Ok(b) => b,
+        Err(BackendError::NotFound(_)) => return Ok(CopyState::Missing),
+        Err(e) => {
+            return Err(backend_err(e))
+                .with_context(|| format!("cannot read {CONFIG_COPY_KEY} in {}", backend.location()));
+        }
+    };
+    let Ok(plain) = sealer.open(CONFIG_COPY_AAD, &sealed) else {
+        return Ok(CopyState::Bad("does not open with this key".into()));
+    };
+    Ok(match parse_object(&plain).map_err(|e| e.to_string()) {
+        Err(e) => CopyState::Bad(format!("holds no config: {e}")),
+        Ok(obj) => match check_config(&obj, sealer) {
+            Ok(c) => CopyState::Valid(c),
+            Err(r) => CopyState::Bad(format!("holds a config that is refused: {}", r.as_alteration())),
+        },
+    })
+}
+
+/// Does anything but the config live at this location?
+fn holds_data(backend: &dyn Backend) -> Result<bool> {
+    for prefix in ["data/", "manifests/", "segments/"] {
+        if !backend.list(prefix).map_err(backend_err)?.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// With no config to check the key against: does the key open one of the
+/// manifest headers? `None` when there is none to try.
+fn key_opens_a_manifest(backend: &dyn Backend, sealer: &Sealer) -> Option<bool> {
+    let keys = backend.list("manifests/").ok()?;
+    let mut tried = false;
+    for o in keys.iter().take(3) {
+        let Ok(b) = backend.get(&o.key, None) else { continue };
+        tried = true;
+        if ManifestHeader::open(sealer, &b).is_ok() {
+            return Some(true);
+        }
+    }
+    tried.then_some(false)
+}
+
 impl Repository {
+    /// Refuse to create a repository where one is, even one whose `config`
+    /// is lost: a new config there would orphan every pack and manifest.
+    pub fn check_location_is_free(backend: &dyn Backend) -> Result<()> {
+        let loc = backend.location();
+        if backend.stat(CONFIG_KEY).map_err(backend_err)?.is_some() {
+            bail!("a repository already exists at {loc}: refusing to overwrite it");
+        }
+        if backend.stat(CONFIG_COPY_KEY).map_err(backend_err)?.is_some() {
+            bail!(
+                "a repository already exists at {loc}, but its `config` object is missing: run `n2s-agent repair` to rewrite it from its sealed copy config.sealed (do not init over it)"
+            );
+        }
+        if holds_data(backend)? {
+            bail!(
+                "{loc} already holds n2s repository data (packs or manifests) but its config and its sealed copy config.sealed are lost: refusing to create a new repository over it; restore the `config` object from a copy of the repository"
+            );
+        }
+        Ok(())
+    }
+
     /// Create a new repository. Refuses if one exists already.
     pub fn init(backend: Arc<dyn Backend>, key: &MasterKey) -> Result<Repository> {
-        if backend.stat(CONFIG_KEY).map_err(backend_err)?.is_some() {
-            bail!("a repository already exists at {}: refusing to overwrite it", backend.location());
-        }
+        Self::check_location_is_free(&*backend)?;
         let keys = key.derive();
         let sealer = Sealer::new(&keys.seal);
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let id = hex::encode(id);
-        let config = RepoConfig {
+        let mut config = RepoConfig {
             format: REPO_FORMAT.into(),
             version: REPO_VERSION,
             key_check: hex::encode(sealer.seal(KEY_CHECK_AAD, id.as_bytes())),
@@ -71,55 +328,170 @@ impl Repository {
             cipher: "xchacha20-poly1305".into(),
             chunk_id: "blake3-keyed".into(),
             compression: "zstd".into(),
+            sealed: String::new(),
         };
-        let body = serde_json::to_vec_pretty(&config)?;
+        let params = serde_json::to_vec(&config.params()?)?;
+        config.sealed = hex::encode(sealer.seal(CONFIG_AAD, &params));
+        let body = config.to_object()?;
         match backend.put_if_absent(CONFIG_KEY, &body).map_err(backend_err)? {
             PutOutcome::Created => {}
             PutOutcome::AlreadyExists => {
                 bail!("a repository was created at {} at the same time: refusing to overwrite it", backend.location())
             }
         }
-        Ok(Repository { backend, config, keys, sealer })
-    }
-
-    /// Open an existing repository and prove the key opens it.
-    pub fn open(backend: Arc<dyn Backend>, key: &MasterKey) -> Result<Repository> {
-        let body = match backend.get(CONFIG_KEY, None) {
-            Ok(b) => b,
-            Err(BackendError::NotFound(_)) => {
-                bail!("no repository at {}: run `n2s-agent init` first, or check --repo", backend.location())
-            }
-            Err(e) => {
-                return Err(backend_err(e))
-                    .context(format!("cannot read the repository config at {}", backend.location()));
-            }
-        };
-        let config: RepoConfig = serde_json::from_slice(&body)
-            .with_context(|| format!("{} holds no n2s repository config (is --repo right?)", backend.location()))?;
-        ensure!(
-            config.format == REPO_FORMAT,
-            "{} is not an n2s repository (format {:?})",
-            backend.location(),
-            config.format
-        );
-        ensure!(
-            config.version == REPO_VERSION,
-            "repository at {} has format version {}, this n2s-agent reads version {REPO_VERSION}: upgrade n2s-agent",
-            backend.location(),
-            config.version
-        );
-        config.chunker.validate().map_err(|e| anyhow::anyhow!("repository config at {}: {e}", backend.location()))?;
-        let keys = key.derive();
-        let sealer = Sealer::new(&keys.seal);
-        let check = hex::decode(&config.key_check).unwrap_or_default();
-        match sealer.open(KEY_CHECK_AAD, &check) {
-            Ok(plain) if plain == config.id.as_bytes() => {}
-            _ => bail!(
-                "the key does not open the repository at {} (wrong key file, or wrong repository): use the key that `init` made for it",
+        // Right after `config`: a crash in between leaves a repository that
+        // opens with a warning, and `repair` writes the copy.
+        match backend.put_if_absent(CONFIG_COPY_KEY, &sealer.seal(CONFIG_COPY_AAD, &body)).map_err(backend_err)? {
+            PutOutcome::Created => {}
+            PutOutcome::AlreadyExists => bail!(
+                "{} already holds a {CONFIG_COPY_KEY} object that this init did not write: another init ran at the same time; check the location",
                 backend.location()
             ),
         }
-        Ok(Repository { backend, config, keys, sealer })
+        Ok(Repository { backend, config, keys, sealer, config_problem: None })
+    }
+
+    /// Open an existing repository and prove the key opens it.
+    ///
+    /// `config` wins whenever it parses: if it is altered, `open` refuses
+    /// even when `config.sealed` is intact. An edit that keeps the JSON
+    /// valid is an attack or a corruption the user must see, and silently
+    /// using the copy would hide it. The copy is used only when `config` is
+    /// missing or not JSON (lost or damaged), with a warning.
+    pub fn open(backend: Arc<dyn Backend>, key: &MasterKey) -> Result<Repository> {
+        let loc = backend.location();
+        let keys = key.derive();
+        let sealer = Sealer::new(&keys.seal);
+        let plain = match backend.get(CONFIG_KEY, None) {
+            Ok(b) => match parse_object(&b) {
+                Ok(obj) => PlainConfig::Parsed(obj),
+                Err(e) => PlainConfig::Damaged(e),
+            },
+            Err(BackendError::NotFound(_)) => PlainConfig::Missing,
+            Err(e) => {
+                return Err(backend_err(e)).context(format!("cannot read the repository config at {loc}"));
+            }
+        };
+        let (config, config_problem) = match plain {
+            PlainConfig::Parsed(obj) => match check_config(&obj, &sealer) {
+                Ok(config) => {
+                    let problem = match read_copy(&*backend, &sealer) {
+                        Ok(CopyState::Valid(c)) if c == config => None,
+                        Ok(CopyState::Valid(_)) => {
+                            Some(format!("its sealed copy {CONFIG_COPY_KEY} belongs to another repository"))
+                        }
+                        Ok(CopyState::Missing) => Some(format!("its sealed copy {CONFIG_COPY_KEY} is missing")),
+                        Ok(CopyState::Bad(e)) => Some(format!("its sealed copy {CONFIG_COPY_KEY} is damaged ({e})")),
+                        Err(e) => Some(format!("{e:#}")),
+                    };
+                    if let Some(p) = &problem {
+                        log::warn!(
+                            "the repository config at {loc} is sound but {p}: run `n2s-agent repair` to write the copy again"
+                        );
+                    }
+                    (config, problem)
+                }
+                Err(refusal) => {
+                    // A refusal that the copy contradicts is an alteration:
+                    // the copy opens under this key, so the key is right and
+                    // this is a repository of this version.
+                    let copy_valid = matches!(read_copy(&*backend, &sealer), Ok(CopyState::Valid(_)));
+                    match refusal {
+                        Refusal::Altered(_) | Refusal::Invalid(_) => return Err(refusal.into_error(&loc, copy_valid)),
+                        r if copy_valid => return Err(altered(&loc, &r.as_alteration(), true)),
+                        r => return Err(r.into_error(&loc, false)),
+                    }
+                }
+            },
+            PlainConfig::Missing | PlainConfig::Damaged(_) => {
+                let what = match &plain {
+                    PlainConfig::Damaged(e) => format!("is damaged ({e})"),
+                    _ => "is missing".to_string(),
+                };
+                match read_copy(&*backend, &sealer)? {
+                    CopyState::Valid(config) => {
+                        let problem = format!("its `config` object {what}");
+                        log::warn!(
+                            "the repository config at {loc} {what}; using its sealed copy {CONFIG_COPY_KEY}: run `n2s-agent repair` to rewrite the config object from it"
+                        );
+                        (config, Some(problem))
+                    }
+                    CopyState::Missing if !holds_data(&*backend)? => match plain {
+                        PlainConfig::Damaged(e) => {
+                            bail!("{loc} holds no n2s repository config (is --repo right?): its `config` object {e}")
+                        }
+                        _ => bail!("no repository at {loc}: run `n2s-agent init` first, or check --repo"),
+                    },
+                    CopyState::Missing => return Err(lost(&loc, &what, "is missing")),
+                    CopyState::Bad(e) => {
+                        // Without a config the key cannot be checked; a
+                        // manifest header tells a wrong key from a lost copy.
+                        if key_opens_a_manifest(&*backend, &sealer) == Some(false) {
+                            return Err(wrong_key(&loc));
+                        }
+                        if !holds_data(&*backend)? {
+                            bail!(
+                                "the repository config at {loc} {what} and its sealed copy {CONFIG_COPY_KEY} {e}: wrong key file, or the copy is damaged too; use the key that `init` made for it"
+                            );
+                        }
+                        return Err(lost(&loc, &what, &e));
+                    }
+                }
+            }
+        };
+        Ok(Repository { backend, config, keys, sealer, config_problem })
+    }
+
+    /// Rewrite the config objects from the config in memory (which `open`
+    /// authenticated): `config` when it is missing or is not this config,
+    /// and `config.sealed` when it is missing, damaged or another
+    /// repository's. Nothing is touched when both are sound. For `repair`.
+    pub fn restore_config_object(&self) -> Result<()> {
+        let loc = self.backend.location();
+        let body = self.config.to_object()?;
+        let current = match self.backend.get(CONFIG_KEY, None) {
+            Ok(b) => Some(b),
+            Err(BackendError::NotFound(_)) => None,
+            Err(e) => return Err(backend_err(e)).context(format!("cannot read the repository config at {loc}")),
+        };
+        let sound = current
+            .as_deref()
+            .and_then(|b| parse_object(b).ok())
+            .is_some_and(|obj| check_config(&obj, &self.sealer).is_ok_and(|c| c == self.config));
+        if !sound {
+            if current.is_some() {
+                self.backend
+                    .delete(CONFIG_KEY)
+                    .map_err(backend_err)
+                    .with_context(|| format!("cannot delete the damaged config object at {loc}"))?;
+            }
+            self.put_config_object(CONFIG_KEY, &body)?;
+            log::info!("rewrote the config object at {loc}");
+        }
+        match read_copy(&*self.backend, &self.sealer)? {
+            CopyState::Valid(c) if c == self.config => {}
+            state => {
+                if !matches!(state, CopyState::Missing) {
+                    self.backend
+                        .delete(CONFIG_COPY_KEY)
+                        .map_err(backend_err)
+                        .with_context(|| format!("cannot delete the damaged {CONFIG_COPY_KEY} at {loc}"))?;
+                }
+                self.put_config_object(CONFIG_COPY_KEY, &self.sealer.seal(CONFIG_COPY_AAD, &body))?;
+                log::info!("rewrote {CONFIG_COPY_KEY} at {loc}");
+            }
+        }
+        Ok(())
+    }
+
+    fn put_config_object(&self, key: &str, body: &[u8]) -> Result<()> {
+        match self.put(key, body)? {
+            PutOutcome::Created => Ok(()),
+            PutOutcome::AlreadyExists => bail!(
+                "{key} at {} was written by someone else while it was being repaired: run the repair again",
+                self.backend.location()
+            ),
+        }
     }
 
     pub fn dataset_id(&self, dataset: &str) -> String {
@@ -252,5 +624,84 @@ mod tests {
         // The config reveals no key material.
         let cfg = String::from_utf8(b.get(CONFIG_KEY, None).unwrap()).unwrap();
         assert!(!cfg.contains(&hex::encode(k.derive().seal)));
+    }
+
+    /// The layout docs/FORMAT.md §2 gives, rebuilt by hand from the objects.
+    #[test]
+    fn config_objects_are_as_documented() {
+        let b: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let k = MasterKey::generate().unwrap();
+        let r = Repository::init(b.clone(), &k).unwrap();
+        let body = b.get(CONFIG_KEY, None).unwrap();
+        let mut plain: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(plain["version"], 2);
+        let sealed = hex::decode(plain.remove("sealed").unwrap().as_str().unwrap()).unwrap();
+        plain.remove("key_check").unwrap();
+        let params: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&r.sealer.open(b"n2s config", &sealed).unwrap()).unwrap();
+        assert_eq!(params, plain, "the sealed part is every other field");
+        let copy = b.get(CONFIG_COPY_KEY, None).unwrap();
+        assert_eq!(r.sealer.open(b"n2s config copy", &copy).unwrap(), body, "the copy is the config's bytes, sealed");
+        assert!(r.config_problem.is_none());
+    }
+
+    #[test]
+    fn a_tampered_config_is_refused_and_a_lost_one_served_from_its_copy() {
+        let b: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let k = MasterKey::generate().unwrap();
+        let r = Repository::init(b.clone(), &k).unwrap();
+        let body = b.get(CONFIG_KEY, None).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["chunker"]["max_size"] = (8 << 20).into();
+        b.delete(CONFIG_KEY).unwrap();
+        b.put_if_absent(CONFIG_KEY, &serde_json::to_vec(&v).unwrap()).unwrap();
+        let e = format!("{:#}", Repository::open(b.clone(), &k).err().unwrap());
+        assert!(e.contains("was altered") && e.contains("`chunker`"), "{e}");
+        // A repair from a repository opened before the tampering puts it back.
+        r.restore_config_object().unwrap();
+        assert_eq!(b.get(CONFIG_KEY, None).unwrap(), body);
+        // Lost: served from the copy, and the problem is named for repair.
+        b.delete(CONFIG_KEY).unwrap();
+        let r2 = Repository::open(b.clone(), &k).unwrap();
+        assert_eq!(r2.config, r.config);
+        assert!(r2.config_problem.as_deref().is_some_and(|p| p.contains("missing")), "{:?}", r2.config_problem);
+        r2.restore_config_object().unwrap();
+        assert_eq!(b.get(CONFIG_KEY, None).unwrap(), body);
+        assert!(Repository::open(b.clone(), &k).unwrap().config_problem.is_none());
+    }
+
+    /// A repair of sound objects touches nothing (a delete and a put would
+    /// open a window with no config).
+    #[test]
+    fn restoring_sound_config_objects_writes_nothing() {
+        struct NoWrites(MemoryBackend);
+        impl Backend for NoWrites {
+            fn location(&self) -> String {
+                self.0.location()
+            }
+            fn put_if_absent(&self, key: &str, _: &[u8]) -> crate::backend::BResult<PutOutcome> {
+                panic!("wrote {key}")
+            }
+            fn get(&self, key: &str, r: Option<std::ops::Range<u64>>) -> crate::backend::BResult<Vec<u8>> {
+                self.0.get(key, r)
+            }
+            fn list(&self, p: &str) -> crate::backend::BResult<Vec<crate::backend::ObjectInfo>> {
+                self.0.list(p)
+            }
+            fn stat(&self, key: &str) -> crate::backend::BResult<Option<u64>> {
+                self.0.stat(key)
+            }
+            fn delete(&self, key: &str) -> crate::backend::BResult<()> {
+                panic!("deleted {key}")
+            }
+        }
+        let k = MasterKey::generate().unwrap();
+        let b: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        Repository::init(b.clone(), &k).unwrap();
+        let guarded = NoWrites(MemoryBackend::new());
+        for key in [CONFIG_KEY, CONFIG_COPY_KEY] {
+            guarded.0.put_if_absent(key, &b.get(key, None).unwrap()).unwrap();
+        }
+        Repository::open(Arc::new(guarded), &k).unwrap().restore_config_object().unwrap();
     }
 }

@@ -3,7 +3,8 @@
 //! Writes are atomic and never replace: the bytes go to a temporary file in
 //! `tmp/`, are fsynced, then hard-linked to their final name (link fails if
 //! the name exists, which gives put-if-absent without a race), and the
-//! directory is fsynced so the name survives a power cut.
+//! directory is fsynced so the name survives a power cut. Directories are
+//! created one level at a time, each fsynced in its parent, for the same reason.
 
 use anyhow::Context;
 use std::fs;
@@ -57,8 +58,75 @@ impl LocalBackend {
     }
 }
 
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+/// Make a directory's entries durable. Every directory fsync goes through
+/// here so a test can see which directories were synced.
+pub(crate) fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(test)]
+    fsync_log::record(dir);
     fs::File::open(dir)?.sync_all()
+}
+
+/// Create `dir` and any missing ancestors one level at a time, fsyncing the
+/// parent of each directory created: `create_dir_all` alone leaves the new
+/// names in the parents' dirty pages, and after a power cut an object linked
+/// into `data/ab/` would be unreachable because `data/ab` (or `data`, or the
+/// root) itself was never made durable.
+pub(crate) fn create_dirs_durably(dir: &Path) -> BResult<()> {
+    let cannot =
+        |e: std::io::Error, what: &str, p: &Path| LocalBackend::other(e, format!("cannot {what} {}", p.display()));
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    loop {
+        match fs::metadata(cur) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => {
+                return Err(BackendError::Other(anyhow::anyhow!(
+                    "{} is not a directory: move it out of the repository",
+                    cur.display()
+                )));
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(cannot(e, "stat", cur)),
+        }
+        missing.push(cur);
+        match cur.parent() {
+            Some(p) if !p.as_os_str().is_empty() => cur = p,
+            _ => break,
+        }
+    }
+    for d in missing.into_iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            // Another writer made it at the same moment; it may not have
+            // synced it yet, so sync the parent all the same (cheap, rare).
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(cannot(e, "create directory", d)),
+        }
+        if let Some(p) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fsync_dir(p).map_err(|e| cannot(e, "fsync", p))?;
+        }
+    }
+    Ok(())
+}
+
+/// Test hook: the directories this thread fsynced, in order.
+#[cfg(test)]
+pub(crate) mod fsync_log {
+    use std::cell::RefCell;
+    use std::path::{Path, PathBuf};
+
+    thread_local! {
+        static SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn record(dir: &Path) {
+        SYNCED.with(|s| s.borrow_mut().push(dir.to_path_buf()));
+    }
+
+    /// The directories fsynced since the last call, and forget them.
+    pub fn take() -> Vec<PathBuf> {
+        SYNCED.with(|s| std::mem::take(&mut *s.borrow_mut()))
+    }
 }
 
 impl Backend for LocalBackend {
@@ -72,11 +140,9 @@ impl Backend for LocalBackend {
             return Ok(PutOutcome::AlreadyExists);
         }
         let parent = dest.parent().context("object key has no parent")?;
-        fs::create_dir_all(parent)
-            .map_err(|e| Self::other(e, format!("cannot create directory {}", parent.display())))?;
+        create_dirs_durably(parent)?;
         let tmp_dir = self.root.join("tmp");
-        fs::create_dir_all(&tmp_dir)
-            .map_err(|e| Self::other(e, format!("cannot create directory {}", tmp_dir.display())))?;
+        create_dirs_durably(&tmp_dir)?;
         let mut rnd = [0u8; 12];
         getrandom::fill(&mut rnd).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let tmp = tmp_dir.join(format!("{}.tmp", hex::encode(rnd)));
@@ -207,5 +273,28 @@ mod tests {
         assert!(open_url("relative/path").is_err());
         let e = open_url("s3://bucket/x").err().unwrap().to_string();
         assert!(e.contains("not built"), "{e}");
+    }
+
+    /// Power loss: a name is reachable after a crash only if every directory
+    /// created on the way to it was fsynced in its parent.
+    #[test]
+    fn new_directories_are_fsynced_in_their_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let b = LocalBackend::new(&root);
+        fsync_log::take();
+        let key = format!("data/ab/ab{}", "0".repeat(62));
+        assert_eq!(b.put_if_absent(&key, b"pack").unwrap(), PutOutcome::Created);
+        let synced = fsync_log::take();
+        for want in [dir.path().to_path_buf(), root.clone(), root.join("data"), root.join("data/ab")] {
+            assert!(synced.contains(&want), "{} was not fsynced; fsynced: {synced:?}", want.display());
+        }
+        // The final directory is synced after the link, so the name is durable.
+        assert_eq!(synced.last(), Some(&root.join("data/ab")), "{synced:?}");
+        // A second object in the same directory creates nothing: only its own
+        // directory needs a sync.
+        let key2 = format!("data/ab/ab{}", "1".repeat(62));
+        b.put_if_absent(&key2, b"pack").unwrap();
+        assert_eq!(fsync_log::take(), vec![root.join("data/ab")]);
     }
 }

@@ -17,10 +17,9 @@ pub struct InitArgs {
 pub fn run(g: &GlobalArgs, a: InitArgs) -> Result<ExitCode> {
     let s = super::config::Settings::resolve(g)?;
     let backend = crate::backend::open(&s.repo)?;
-    // Check first, so an existing repository never costs a stray key file.
-    if backend.stat(crate::repo::CONFIG_KEY).map_err(|e| anyhow::anyhow!("{e}"))?.is_some() {
-        anyhow::bail!("a repository already exists at {}: refusing to overwrite it", backend.location());
-    }
+    // Check first, so an existing repository (even one whose config is
+    // lost) never costs a stray key file.
+    Repository::check_location_is_free(&*backend)?;
     let (key, created_key) = if s.key_file.exists() {
         (MasterKey::load(&s.key_file)?, false)
     } else {

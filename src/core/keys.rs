@@ -75,10 +75,14 @@ impl MasterKey {
     }
 
     /// Write a new key file with mode 0600, refusing to replace an existing one.
+    /// The file, its name and any directory made for it are fsynced: `init`
+    /// writes the repository right after, and a repository whose key a power
+    /// cut took away can never be opened.
     pub fn save_new(&self, path: &Path) -> Result<()> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
-        }
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        crate::backend::local::create_dirs_durably(dir)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("cannot create the key file's directory {}", dir.display()))?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -90,8 +94,12 @@ impl MasterKey {
             KEY_FILE_TAG,
             hex::encode(self.0)
         );
-        f.write_all(body.as_bytes())?;
-        f.sync_all()?;
+        if let Err(e) = f.write_all(body.as_bytes()).and_then(|()| f.sync_all()) {
+            // A half-written key file would be loaded, and refused, by the next `init`.
+            let _ = std::fs::remove_file(path);
+            return Err(e).with_context(|| format!("cannot write key file {}", path.display()));
+        }
+        crate::backend::local::fsync_dir(dir).with_context(|| format!("cannot fsync directory {}", dir.display()))?;
         Ok(())
     }
 
@@ -154,6 +162,22 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = format!("{:#}", MasterKey::load(&p).unwrap_err());
         assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    /// A key file that a power cut takes away leaves a repository nobody
+    /// can open: its name and the directories made for it are fsynced.
+    #[test]
+    fn a_new_key_file_survives_a_power_cut() {
+        use crate::backend::local::fsync_log;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("etc/n2s/key");
+        fsync_log::take();
+        MasterKey::generate().unwrap().save_new(&p).unwrap();
+        let synced = fsync_log::take();
+        for want in [dir.path().to_path_buf(), dir.path().join("etc"), dir.path().join("etc/n2s")] {
+            assert!(synced.contains(&want), "{} was not fsynced; fsynced: {synced:?}", want.display());
+        }
+        assert_eq!(synced.last(), Some(&dir.path().join("etc/n2s")), "the key's own directory is synced last");
     }
 
     #[test]
