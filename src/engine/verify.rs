@@ -6,12 +6,18 @@
 //! - standard: also download every pack, check its name is the BLAKE3 of
 //!   its bytes, and open its index; open every manifest segment.
 //! - full: also open, decompress and re-hash every chunk.
+//!
+//! Every level also checks each dataset's chain of manifests (no gap, each
+//! parent the previous changeset) and every local catalog (SQLite's own
+//! check and each row's checksum). A pack found missing or corrupt is
+//! marked lost in the index, so the next backup stores its chunks again.
 
 use anyhow::Result;
 use std::collections::{HashMap, HashSet};
 
 use crate::catalog::Catalog;
 use crate::catalog::index::ChunkIndex;
+use crate::engine::chain;
 use crate::core::pack::{self, PackId};
 use crate::repo::Repository;
 use crate::state::StatePaths;
@@ -34,6 +40,8 @@ pub struct VerifyReport {
     pub manifests: u64,
     pub segments: u64,
     pub referenced_chunks: u64,
+    /// Packs marked lost and still missing from the repository.
+    pub lost_packs: Vec<String>,
     pub problems: Vec<String>,
 }
 
@@ -41,46 +49,88 @@ pub fn verify(repo: &Repository, state: &StatePaths, level: Level) -> Result<Ver
     let mut r = VerifyReport { level: Some(level), ..Default::default() };
     let mut index = ChunkIndex::open(&state.index_db())?;
     repo.sync_index(&mut index)?;
+    r.problems.extend(index.check()?);
     let on_backend: HashMap<PackId, u64> = repo.list_packs()?.into_iter().collect();
     r.packs = on_backend.len() as u64;
+    let mut lost_now = 0u64;
     for (id, size) in index.packs()? {
-        match on_backend.get(&id) {
-            None => r.problems.push(format!("pack {} is indexed but missing from the repository", id.object_key())),
-            Some(s) if *s != size => {
-                r.problems.push(format!("pack {} has {s} bytes, {size} expected", id.object_key()))
-            }
-            _ => {}
+        let why = match on_backend.get(&id) {
+            None => "is indexed but missing from the repository".to_string(),
+            Some(s) if *s != size => format!("has {s} bytes, {size} expected"),
+            _ => continue,
+        };
+        r.problems.push(format!("pack {} {why}", id.object_key()));
+        if index.mark_lost(&id, crate::util::now())? {
+            lost_now += 1;
         }
     }
+    for (id, _) in index.lost_packs()? {
+        if !on_backend.contains_key(&id) {
+            r.lost_packs.push(id.object_key());
+        }
+    }
+
+    // Each dataset's history: numbers 1..N, each naming the one before.
     let segments: HashSet<String> =
         repo.backend.list("segments/").map_err(|e| anyhow::anyhow!("{e}"))?.into_iter().map(|o| o.key).collect();
-    for key in repo.list_manifests(None)? {
-        r.manifests += 1;
-        match repo.read_manifest(&key) {
-            Err(e) => r.problems.push(format!("{e:#}")),
-            Ok(h) => {
-                for seg in &h.segments {
-                    r.segments += 1;
-                    if !segments.contains(&seg.key) {
-                        r.problems.push(format!("manifest {key}: segment {} is missing", seg.key));
-                    } else if level >= Level::Standard
-                        && let Err(e) = repo.read_segment(&seg.key)
-                    {
-                        r.problems.push(format!("{e:#}"));
+    for (ds, keys) in chain::header_keys(repo, None)? {
+        let chain = chain::analyze(repo, &ds, &keys);
+        r.manifests += keys.len() as u64;
+        r.problems.extend(chain.problems());
+        for link in &chain.links {
+            let Some(h) = &link.header else { continue };
+            for seg in &h.segments {
+                r.segments += 1;
+                if !segments.contains(&seg.key) {
+                    r.problems.push(format!("manifest {}: segment {} is missing", link.key, seg.key));
+                } else if level >= Level::Standard {
+                    match repo.read_segment(&seg.key) {
+                        Err(e) => r.problems.push(format!("manifest {}: {e:#}", link.key)),
+                        Ok(recs) if recs.len() as u64 != seg.records => r.problems.push(format!(
+                            "manifest {}: segment {} holds {} records, the header says {}",
+                            link.key,
+                            seg.key,
+                            recs.len(),
+                            seg.records
+                        )),
+                        Ok(_) => {}
                     }
                 }
             }
         }
     }
-    // Every chunk the catalogs reference must be findable.
+
+    // Every local catalog must open, check out, and reference only chunks
+    // that live in a pack that exists.
     for path in state.catalog_files()? {
-        let Ok(name) = Catalog::dataset_name_of(&path) else { continue };
-        let cat = Catalog::open(&path, &name)?;
+        let cat = match Catalog::dataset_name_of(&path).and_then(|name| Catalog::open(&path, &name)) {
+            Ok(c) => c,
+            Err(e) => {
+                r.problems.push(format!(
+                    "local catalog {} cannot be read ({e:#}): move it aside and run `n2s-agent catalog rebuild`",
+                    path.display()
+                ));
+                continue;
+            }
+        };
+        let name = cat.dataset().to_string();
+        let damaged = cat.check()?;
+        if !damaged.is_empty() {
+            r.problems.extend(damaged.into_iter().map(|p| format!("dataset {name}: {p}")));
+            r.problems.push(format!(
+                "dataset {name}: its local catalog {} is damaged: move it aside and run `n2s-agent catalog rebuild --dataset {name}`",
+                path.display()
+            ));
+            continue;
+        }
         let mut seen = HashSet::new();
         cat.for_each_referenced_chunk(|c| {
             if seen.insert(c) {
                 match index.lookup(&c)? {
-                    None => r.problems.push(format!("dataset {name}: chunk {} is in no pack", &c.to_hex()[..16])),
+                    None => r.problems.push(format!(
+                        "dataset {name}: chunk {} is in no pack that exists (it was in a lost pack: the next backup reads its files again if they are unchanged)",
+                        &c.to_hex()[..16]
+                    )),
                     Some(loc) if !on_backend.contains_key(&loc.pack) => r.problems.push(format!(
                         "dataset {name}: chunk {} lives in missing pack {}",
                         &c.to_hex()[..16],
@@ -106,30 +156,47 @@ pub fn verify(repo: &Repository, state: &StatePaths, level: Level) -> Result<Ver
                 }
             };
             r.packs_read += 1;
+            let mut bad = false;
             if PackId::of(&bytes) != *id {
                 r.problems.push(format!("pack {key} is corrupt: its content does not hash to its name"));
+                bad = true;
             }
-            let entries = match pack::parse_pack(&repo.sealer, &bytes) {
-                Ok(e) => e,
+            match pack::parse_pack(&repo.sealer, &bytes) {
                 Err(e) => {
                     r.problems.push(format!("pack {key}: {e:#}"));
-                    continue;
+                    bad = true;
                 }
-            };
-            if level == Level::Full {
-                for e in entries {
-                    r.chunks_checked += 1;
-                    let blob = &bytes[e.offset as usize..(e.offset + e.sealed_len as u64) as usize];
-                    match pack::open_chunk(&repo.sealer, &e.id, blob, e.raw_len) {
-                        Ok(plain) if repo.keys.chunk_id(&plain) == e.id => {}
-                        Ok(_) => r
-                            .problems
-                            .push(format!("pack {key}: chunk {} does not hash to its id", &e.id.to_hex()[..16])),
-                        Err(err) => r.problems.push(format!("pack {key}: chunk {}: {err:#}", &e.id.to_hex()[..16])),
+                Ok(entries) if level == Level::Full => {
+                    for e in entries {
+                        r.chunks_checked += 1;
+                        let blob = &bytes[e.offset as usize..(e.offset + e.sealed_len as u64) as usize];
+                        match pack::open_chunk(&repo.sealer, &e.id, blob, e.raw_len) {
+                            Ok(plain) if repo.keys.chunk_id(&plain) == e.id => {}
+                            Ok(_) => {
+                                bad = true;
+                                r.problems
+                                    .push(format!("pack {key}: chunk {} does not hash to its id", &e.id.to_hex()[..16]))
+                            }
+                            Err(err) => {
+                                bad = true;
+                                r.problems.push(format!("pack {key}: chunk {}: {err:#}", &e.id.to_hex()[..16]))
+                            }
+                        }
                     }
                 }
+                Ok(_) => {}
+            }
+            // A corrupt pack is as good as lost: its chunks are uploaded
+            // again by the next backup instead of being referenced.
+            if bad && index.mark_lost(id, crate::util::now())? {
+                lost_now += 1;
             }
         }
+    }
+    if lost_now > 0 {
+        r.problems.push(format!(
+            "{lost_now} packs are now marked lost: the next backup uploads again whatever unchanged file had content only in them"
+        ));
     }
     r.ok = r.problems.is_empty();
     Ok(r)
