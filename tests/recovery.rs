@@ -197,7 +197,7 @@ fn plant_manifest(repo: &Repository, dataset: &str, segment: &[u8]) {
         bytes_uploaded: 0,
         segments: vec![SegmentRef { key, records: 3 }],
     };
-    let mkey = ManifestHeader::object_key(&repo.dataset_id(dataset), 1, &h.changeset);
+    let mkey = ManifestHeader::object_key(&repo.dataset_id(dataset), 1);
     repo.put(&mkey, &h.seal(&repo.sealer).unwrap()).unwrap();
 }
 

@@ -128,6 +128,15 @@ impl ChunkIndex {
         Ok(n > 0)
     }
 
+    /// A pack marked lost that was found whole again (verify read it).
+    pub fn mark_found(&mut self, id: &PackId) -> Result<bool> {
+        let n = self
+            .conn
+            .execute("UPDATE packs SET lost_at = NULL WHERE id = ?1 AND lost_at IS NOT NULL", params![&id.0[..]])
+            .db(&self.path)?;
+        Ok(n > 0)
+    }
+
     /// Chunks every home of which is lost: visited one by one.
     pub fn for_each_orphaned_chunk(&self, mut f: impl FnMut(ChunkId) -> Result<()>) -> Result<()> {
         let mut st = self

@@ -128,14 +128,20 @@ impl Ctx {
         Ok(out)
     }
 
-    /// Open the catalog of a dataset that has been backed up before.
+    /// Open the catalog of a dataset that has been backed up before. A
+    /// dataset the repository holds but this machine has no catalog for
+    /// (the state directory was lost) is rebuilt first: a read verb never
+    /// answers "nothing" while the repository holds everything.
     pub fn existing_catalog(&self, dataset: &str) -> Result<Catalog> {
         let path = self.state.catalog(dataset);
         if !path.exists() {
+            self.rebuild_missing(Some(dataset))?;
+        }
+        if !path.exists() {
             let known = self.known_datasets()?;
             return Err(UsageError(format!(
-                "no catalog for dataset {dataset:?} in {} (known: {}); run `n2s-agent catalog rebuild` if the state directory was lost",
-                self.settings.state_dir.display(),
+                "dataset {dataset:?} has no backup in {} (known: {})",
+                self.repo.backend.location(),
                 if known.is_empty() { "none".to_string() } else { known.join(", ") }
             ))
             .into());
@@ -143,12 +149,48 @@ impl Ctx {
         Catalog::open(&path, dataset)
     }
 
-    /// The datasets a read verb covers: the one named, else all known.
+    /// The datasets a read verb covers: the one named, else every dataset
+    /// of the repository (rebuilding the catalogs this machine lacks).
     pub fn selected_datasets(&self, named: Option<&str>) -> Result<Vec<String>> {
         match named {
             Some(d) => Ok(vec![d.to_string()]),
-            None => self.known_datasets(),
+            None => {
+                self.rebuild_missing(None)?;
+                self.known_datasets()
+            }
         }
+    }
+
+    /// Rebuild the catalog of every dataset (or of `only`) that the
+    /// repository holds and the state directory lacks.
+    fn rebuild_missing(&self, only: Option<&str>) -> Result<()> {
+        use crate::engine::rebuild::{RebuildMode, rebuild};
+        let local: std::collections::HashSet<String> =
+            self.known_datasets()?.iter().map(|d| self.repo.dataset_id(d)).collect();
+        let filter = only.map(|d| self.repo.dataset_id(d));
+        let missing: Vec<String> = crate::engine::chain::header_keys(&self.repo, filter.as_deref())?
+            .into_keys()
+            .filter(|id| !local.contains(id))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        log::warn!(
+            "the state directory {} has no catalog for {} dataset(s) that the repository holds; rebuilding them from the repository",
+            self.settings.state_dir.display(),
+            missing.len()
+        );
+        let r = match only {
+            Some(d) => rebuild(&self.repo, &self.state, Some(d), RebuildMode::Salvage),
+            None => crate::engine::rebuild::rebuild_ids(&self.repo, &self.state, &missing, RebuildMode::Salvage),
+        };
+        r.map(|_| ()).map_err(|e| {
+            anyhow::anyhow!(
+                "the local state in {} is missing datasets that the repository holds, and cannot be rebuilt there: {e:#}; \
+                 give a writable --state-dir, or run `n2s-agent catalog rebuild` once it is writable",
+                self.settings.state_dir.display()
+            )
+        })
     }
 }
 

@@ -78,6 +78,27 @@ pub fn rebuild(repo: &Repository, state: &StatePaths, only: Option<&str>, mode: 
     Ok(RebuildReport { packs_indexed, datasets })
 }
 
+/// Rebuild the index, then the catalogs of the datasets with these ids.
+pub fn rebuild_ids(repo: &Repository, state: &StatePaths, ids: &[String], mode: RebuildMode) -> Result<RebuildReport> {
+    let mut index = ChunkIndex::open(&state.index_db())?;
+    let packs_indexed = repo.sync_index(&mut index)?;
+    drop(index);
+    let mut datasets = Vec::new();
+    for (id, keys) in chain::header_keys(repo, None)? {
+        if !ids.contains(&id) {
+            continue;
+        }
+        let chain = chain::analyze(repo, &id, &keys);
+        let Some(name) = chain.name.clone() else {
+            log::error!("dataset with id {id}: none of its manifest headers can be read, so it cannot be rebuilt");
+            continue;
+        };
+        let lock = DatasetLock::acquire(&state.lock(&name), &name)?;
+        datasets.push(rebuild_chain(repo, state, &chain, mode, &lock)?);
+    }
+    Ok(RebuildReport { packs_indexed, datasets })
+}
+
 /// Rebuild one dataset's catalog; the caller holds its lock (backup takes
 /// the lock first and keeps it across the rebuild and the backup).
 pub fn rebuild_dataset_locked(
@@ -170,7 +191,7 @@ fn rebuild_chain(
         let _ = std::fs::remove_file(final_path.with_extension(ext));
     }
     for d in &out.damaged {
-        log::error!("dataset {name}: {d}: it is not restorable");
+        log::warn!("dataset {name}: {d}: it is not restorable");
     }
     Ok(out)
 }

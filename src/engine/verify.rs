@@ -64,9 +64,15 @@ pub fn verify(repo: &Repository, state: &StatePaths, level: Level) -> Result<Ver
             lost_now += 1;
         }
     }
-    for (id, _) in index.lost_packs()? {
-        if !on_backend.contains_key(&id) {
+    let lost: HashSet<PackId> = index.lost_packs()?.into_iter().map(|(id, _)| id).collect();
+    for id in &lost {
+        if !on_backend.contains_key(id) {
             r.lost_packs.push(id.object_key());
+        } else if level == Level::Quick {
+            r.problems.push(format!(
+                "pack {} was marked lost but is in the repository: `verify --level standard` checks it and uses it again",
+                id.object_key()
+            ));
         }
     }
 
@@ -187,9 +193,12 @@ pub fn verify(repo: &Repository, state: &StatePaths, level: Level) -> Result<Ver
                 Ok(_) => {}
             }
             // A corrupt pack is as good as lost: its chunks are uploaded
-            // again by the next backup instead of being referenced.
+            // again by the next backup instead of being referenced. One
+            // that was lost and now checks out whole is used again.
             if bad && index.mark_lost(id, crate::util::now())? {
                 lost_now += 1;
+            } else if !bad && lost.contains(id) && index.mark_found(id)? {
+                log::info!("pack {key} was marked lost, and is whole again: it is used again");
             }
         }
     }
