@@ -196,7 +196,13 @@ fn after_a_damaged_last_changeset_the_next_one_is_a_full_manifest() {
     std::fs::write(&p, &b).unwrap();
     std::fs::remove_dir_all(&env.state).unwrap();
     std::fs::write(src.join("d/six"), b"6").unwrap();
-    let out = env.cmd().args(["backup", "--json", "--dataset", "h", "--source", "walk", "--path"]).arg(&src).args(["--snapshot", "s6"]).output().unwrap();
+    let out = env
+        .cmd()
+        .args(["backup", "--json", "--dataset", "h", "--source", "walk", "--path"])
+        .arg(&src)
+        .args(["--snapshot", "s6"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["changesets"][0]["changeset"], 6);
@@ -288,7 +294,11 @@ fn a_lost_pack_is_marked_by_verify_and_the_next_backup_stores_its_chunks_again()
     std::fs::write(src.join("new"), b"new").unwrap();
     let out = env.backup_small_packs("lp", &src, "two", 64);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("read again (lost packs)"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("read again (lost packs)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let t = env.path("got-two");
     env.restore("lp", "two", &t);
     assert_same_tree(&src, &t);

@@ -141,7 +141,11 @@ fn print_summary(s: &ChangesetSummary) {
         s.metadata,
         s.removed,
         s.failed,
-        if s.changed_during_read > 0 { format!(", {} changed while read", s.changed_during_read) } else { String::new() },
+        if s.changed_during_read > 0 {
+            format!(", {} changed while read", s.changed_during_read)
+        } else {
+            String::new()
+        },
         if s.repaired > 0 { format!(", {} read again (lost packs)", s.repaired) } else { String::new() },
         human_bytes(s.bytes_read),
         human_bytes(s.bytes_uploaded),
@@ -219,9 +223,7 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
         }
     }
     if a.json {
-        super::output::print_json(
-            &serde_json::json!({ "changesets": all, "abandoned": abandoned, "errors": errors }),
-        )?;
+        super::output::print_json(&serde_json::json!({ "changesets": all, "abandoned": abandoned, "errors": errors }))?;
     } else {
         for s in &all {
             print_summary(s);

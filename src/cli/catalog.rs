@@ -41,7 +41,9 @@ pub fn run(g: &GlobalArgs, c: CatalogCommand) -> Result<ExitCode> {
     }
     let damaged: usize = r.datasets.iter().map(|d| d.damaged.len()).sum();
     if damaged > 0 {
-        anyhow::bail!("{damaged} changesets are damaged and cannot be restored (listed above); every other changeset can");
+        anyhow::bail!(
+            "{damaged} changesets are damaged and cannot be restored (listed above); every other changeset can"
+        );
     }
     super::ok()
 }

@@ -43,7 +43,12 @@ pub fn run(g: &GlobalArgs, a: RestoreArgs) -> Result<ExitCode> {
     if !ctx.state.catalog(&dataset).exists() {
         // Disaster recovery: only the repository and the key are left.
         log::info!("no local catalog for {dataset}: rebuilding it from the repository");
-        crate::engine::rebuild::rebuild(&ctx.repo, &ctx.state, Some(&dataset), crate::engine::rebuild::RebuildMode::Salvage)?;
+        crate::engine::rebuild::rebuild(
+            &ctx.repo,
+            &ctx.state,
+            Some(&dataset),
+            crate::engine::rebuild::RebuildMode::Salvage,
+        )?;
     }
     let cat = ctx.existing_catalog(&dataset)?;
     let cs = find_changeset(&cat, &a.snapshot)?;

@@ -272,7 +272,8 @@ pub fn encode_split(r: &Record, per_record: usize, sink: &mut dyn FnMut(&[u8]) -
         crate::model::display_path(&r.path),
         r.chunks.len()
     );
-    check_encodable(&r.path, r.meta.as_ref()).map_err(|e| anyhow::anyhow!("{}: {e}", crate::model::display_path(&r.path)))?;
+    check_encodable(&r.path, r.meta.as_ref())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", crate::model::display_path(&r.path)))?;
     let mut buf = Vec::new();
     let mut parts = r.chunks.chunks(per_record);
     let head = parts.next().unwrap_or(&[]);
@@ -362,7 +363,10 @@ pub fn decode_record(body: &[u8]) -> Result<Record> {
     }
     if kind == RecordKind::Continued {
         let n = c.u32()? as usize;
-        ensure!(n > 0 && n.saturating_mul(32) == c.buf.len(), "continuation record length does not match its chunk count");
+        ensure!(
+            n > 0 && n.saturating_mul(32) == c.buf.len(),
+            "continuation record length does not match its chunk count"
+        );
         let chunks = c.buf.chunks_exact(32).map(|b| ChunkId::from_slice(b).expect("32 bytes")).collect();
         return Ok(Record { kind, path, meta: None, file_hash: None, chunks });
     }

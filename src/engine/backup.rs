@@ -16,9 +16,7 @@ use super::rebuild::{RebuildMode, rebuild_dataset_locked};
 use super::upload::{UploadOptions, upload_changeset};
 use crate::backend::PutOutcome;
 use crate::catalog::index::ChunkIndex;
-use crate::catalog::{
-    Catalog, ChangesetRow, ChangesetStatus, FailedChangeset, FileRow, FileStatus, NewChangeset,
-};
+use crate::catalog::{Catalog, ChangesetRow, ChangesetStatus, FailedChangeset, FileRow, FileStatus, NewChangeset};
 use crate::core::manifest::{
     self, Counts, ManifestHeader, ManifestKind, Record, RecordKind, SEGMENT_TARGET, SegmentRef, SnapshotInfo,
 };
@@ -110,10 +108,7 @@ pub fn backup_dataset(
         // The state directory was lost but the repository may have this
         // dataset's history: continue it rather than start a second one.
         if let Some(r) = rebuild_dataset_locked(repo, state, dataset, RebuildMode::Salvage, &lock)? {
-            log::info!(
-                "{dataset}: no local catalog; rebuilt it from the repository ({} changesets)",
-                r.changesets
-            );
+            log::info!("{dataset}: no local catalog; rebuilt it from the repository ({} changesets)", r.changesets);
             run.damaged = r.damaged;
         }
     }
@@ -126,14 +121,15 @@ pub fn backup_dataset(
                     .with_context(|| format!("changeset {} of {dataset} has a bad identity", open.id))?;
                 match source.find_snapshot(&open.snapshot, &identity)? {
                     None => {
-                        let why = format!(
-                            "its snapshot {} was destroyed before its upload finished",
-                            open.snapshot
-                        );
+                        let why = format!("its snapshot {} was destroyed before its upload finished", open.snapshot);
                         run.abandoned.push(abandon(&mut catalog, &open, &why)?);
                     }
                     Some(snap) => {
-                        log::info!("{dataset}: resuming interrupted changeset {} (snapshot {})", open.id, open.snapshot);
+                        log::info!(
+                            "{dataset}: resuming interrupted changeset {} (snapshot {})",
+                            open.id,
+                            open.snapshot
+                        );
                         source.hold(&snap)?;
                         // A crash may have stored packs the index never heard of.
                         let mut index = ChunkIndex::open(&state.index_db())?;
@@ -406,17 +402,11 @@ fn finish_changeset(
     let reader = source.reader(snap)?;
     log::info!("{dataset}: {pending} files to read for snapshot {}", snap.name);
     let catalog_path = catalog.path().to_path_buf();
-    let report = upload_changeset(
-        repo,
-        &state.index_db(),
-        &catalog_path,
-        &dataset,
-        catalog,
-        row.id,
-        reader,
-        &opts.upload,
-    )
-    .with_context(|| format!("backup of {dataset} snapshot {} stopped; run backup again to resume", snap.name))?;
+    let report =
+        upload_changeset(repo, &state.index_db(), &catalog_path, &dataset, catalog, row.id, reader, &opts.upload)
+            .with_context(|| {
+                format!("backup of {dataset} snapshot {} stopped; run backup again to resume", snap.name)
+            })?;
     if catalog.count_pending(row.id)? > 0 {
         bail!("backup of {dataset} snapshot {} left files unread; run backup again to resume", snap.name);
     }
@@ -537,13 +527,8 @@ fn write_manifest(
     // on a manifest that cannot be read.
     let full = parent.as_ref().is_none_or(|p| p.status != ChangesetStatus::Complete)
         || row.id % opts.checkpoint_every.max(1) == 0;
-    let mut w = SegmentWriter {
-        repo,
-        buf: Vec::new(),
-        records: 0,
-        segments: Vec::new(),
-        per_record: opts.chunks_per_record,
-    };
+    let mut w =
+        SegmentWriter { repo, buf: Vec::new(), records: 0, segments: Vec::new(), per_record: opts.chunks_per_record };
     if full {
         catalog.for_each_in_tree(row.id, None, |r| {
             let kind = if r.changeset == row.id { RecordKind::Changed(r.kind) } else { RecordKind::Present };
@@ -594,9 +579,9 @@ fn write_manifest(
     match repo.put(&key, &header.seal(&repo.sealer)?)? {
         PutOutcome::Created => {}
         PutOutcome::AlreadyExists => {
-            let existing = repo
-                .read_manifest(&key)
-                .with_context(|| format!("changeset {} of {} is already in the repository", row.id, catalog.dataset()))?;
+            let existing = repo.read_manifest(&key).with_context(|| {
+                format!("changeset {} of {} is already in the repository", row.id, catalog.dataset())
+            })?;
             // Ours: a run that crashed right after this put stored it.
             if existing.changeset != row.uid {
                 bail!(

@@ -69,7 +69,8 @@ pub fn analyze(repo: &Repository, dataset_id: &str, keys: &[(u64, String)]) -> C
     }
     // Each parent must be the previous changeset (seq 1 has none).
     for i in 0..links.len() {
-        let expected = if i == 0 { Some(None) } else { links[i - 1].header.as_ref().map(|p| Some(p.changeset.clone())) };
+        let expected =
+            if i == 0 { Some(None) } else { links[i - 1].header.as_ref().map(|p| Some(p.changeset.clone())) };
         if let (Some(h), Some(want)) = (&links[i].header, expected)
             && h.parent != want
         {
@@ -92,16 +93,15 @@ impl Chain {
         self.links
             .iter()
             .filter_map(|l| {
-                l.problem.as_ref().map(|p| format!("dataset {}: changeset {} ({}) {p}", self.display_name(), l.seq, l.key))
+                l.problem
+                    .as_ref()
+                    .map(|p| format!("dataset {}: changeset {} ({}) {p}", self.display_name(), l.seq, l.key))
             })
             .collect()
     }
 
     /// Whether a link can be replayed on top of an intact history before it.
     pub fn is_full(&self, seq: u64) -> bool {
-        self.links
-            .get(seq as usize - 1)
-            .and_then(|l| l.header.as_ref())
-            .is_some_and(|h| h.kind == ManifestKind::Full)
+        self.links.get(seq as usize - 1).and_then(|l| l.header.as_ref()).is_some_and(|h| h.kind == ManifestKind::Full)
     }
 }

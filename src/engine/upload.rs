@@ -104,17 +104,8 @@ fn file_state(f: &std::fs::File) -> Option<(u64, i64, i64, i64, i64)> {
 }
 
 enum Work {
-    Chunk {
-        seq: u64,
-        token: u64,
-        data: Vec<u8>,
-    },
-    End {
-        seq: u64,
-        token: u64,
-        path: Vec<u8>,
-        outcome: ReadEnd,
-    },
+    Chunk { seq: u64, token: u64, data: Vec<u8> },
+    End { seq: u64, token: u64, path: Vec<u8>, outcome: ReadEnd },
 }
 
 enum Sealed {
@@ -151,15 +142,7 @@ struct PackJob {
 }
 
 enum ToCommitter {
-    FileReady {
-        path: Vec<u8>,
-        chunks: Vec<ChunkId>,
-        need_pack: u64,
-        size: u64,
-        hash: [u8; 32],
-        at: i64,
-        changed: bool,
-    },
+    FileReady { path: Vec<u8>, chunks: Vec<ChunkId>, need_pack: u64, size: u64, hash: [u8; 32], at: i64, changed: bool },
     FileFailed { path: Vec<u8>, error: String },
     Confirmed { seq: u64, job: PackJob },
     UploadFailed { error: String },
@@ -245,12 +228,8 @@ pub fn upload_changeset(
                                         let size = f.meta.as_ref().map_or(0, |m| m.size);
                                         let mut res = Ok(());
                                         let mut len = 0u64;
-                                        let mut chunker = Chunker::with_buffer(
-                                            file,
-                                            chunker_params,
-                                            seed,
-                                            std::mem::take(&mut buf),
-                                        );
+                                        let mut chunker =
+                                            Chunker::with_buffer(file, chunker_params, seed, std::mem::take(&mut buf));
                                         for chunk in &mut chunker {
                                             // Stop within a chunk of the first fatal error
                                             // anywhere: a failed 2 TB image is not read on.
@@ -282,11 +261,7 @@ pub fn upload_changeset(
                                         match res {
                                             Err(e) => ReadEnd::Failed(e),
                                             Ok(()) if before.is_some() && file_state(&file) != before => {
-                                                if attempt == 1 {
-                                                    ReadEnd::Discard
-                                                } else {
-                                                    ReadEnd::Changed(len)
-                                                }
+                                                if attempt == 1 { ReadEnd::Discard } else { ReadEnd::Changed(len) }
                                             }
                                             Ok(()) => ReadEnd::Read(len),
                                         }

@@ -17,8 +17,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::catalog::Catalog;
 use crate::catalog::index::ChunkIndex;
-use crate::engine::chain;
 use crate::core::pack::{self, PackId};
+use crate::engine::chain;
 use crate::repo::Repository;
 use crate::state::StatePaths;
 
