@@ -308,3 +308,29 @@ fn a_lost_pack_is_marked_by_verify_and_the_next_backup_stores_its_chunks_again()
     assert_same_tree(&first, &t);
     env.ok(["verify", "--level", "full"]);
 }
+
+#[test]
+fn repair_marks_lost_packs_names_what_they_took_and_rewrites_a_lost_config() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut rng = Rng(8);
+    for i in 0..12 {
+        std::fs::write(src.join(format!("f{i:02}")), rng.bytes(50_000)).unwrap();
+    }
+    assert!(env.backup_small_packs("rp", &src, "one", 64).status.success());
+    let packs = files_under(&env.repo.join("data"));
+    std::fs::remove_file(&packs[0]).unwrap();
+    std::fs::remove_file(env.repo.join("config")).unwrap();
+    let out = env.run(["repair"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(so.contains("rewrote the repository config") && so.contains("1 packs newly marked lost"), "{so}");
+    assert!(so.contains("unrestorable (its content is in no pack): rp: f"), "{so}");
+    assert!(env.repo.join("config").exists());
+    // The next backup stores the lost content again; then all is well.
+    assert!(env.backup_small_packs("rp", &src, "two", 64).status.success());
+    env.ok(["repair"]);
+    env.ok(["verify", "--level", "full"]);
+}

@@ -828,6 +828,19 @@ impl Catalog {
         Ok(n)
     }
 
+    /// Every stored row that has content, of complete changesets, streamed.
+    pub fn for_each_stored_row(&self, mut f: impl FnMut(FileRow) -> Result<()>) -> Result<()> {
+        let mut st = self.explain(self.conn.prepare(&format!(
+            "SELECT {FILE_COLS} FROM files f JOIN changesets c ON c.id = f.changeset \
+             WHERE c.status = 'complete' AND f.status = 1 AND f.chunks IS NOT NULL ORDER BY f.path, f.changeset"
+        )))?;
+        let mut rows = self.explain(st.query([]))?;
+        while let Some(r) = self.explain(rows.next())? {
+            f(self.explain(file_from_row(r))?)?;
+        }
+        Ok(())
+    }
+
     pub fn count_files(&self) -> Result<u64> {
         Ok(self.explain(self.conn.query_row("SELECT count(*) FROM files", [], |r| r.get::<_, i64>(0)))? as u64)
     }

@@ -10,6 +10,7 @@ mod init;
 mod list;
 mod ls;
 pub mod output;
+mod repair;
 mod restore;
 mod search;
 mod status;
@@ -92,6 +93,9 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Check the repository.
     Verify(verify::VerifyArgs),
+    /// Rewrite a lost config object, mark lost packs, rebuild missing or
+    /// damaged catalogs, and name what became unrestorable.
+    Repair(repair::RepairArgs),
     /// Local catalog maintenance.
     Catalog {
         #[command(subcommand)]
@@ -280,6 +284,7 @@ pub fn main() -> ExitCode {
         Command::Search(a) => search::run(&g, a),
         Command::Status(a) => status::run(&g, a),
         Command::Verify(a) => verify::run(&g, a),
+        Command::Repair(a) => repair::run(&g, a),
         Command::Catalog { command } => catalog::run(&g, command),
     };
     match result {

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod chain;
 pub mod prior;
 pub mod rebuild;
+pub mod repair;
 pub mod restore;
 pub mod upload;
 pub mod verify;
