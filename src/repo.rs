@@ -510,10 +510,13 @@ impl Repository {
         let key = loc.pack.object_key();
         let sealed = self
             .backend
-            .get(&key, Some(loc.offset..loc.offset + loc.sealed_len as u64))
+            .get(&key, Some(loc.offset..loc.offset + pack::padded_len(loc.sealed_len)))
             .map_err(backend_err)
             .with_context(|| format!("cannot read chunk {} from pack {key}", &id.to_hex()[..16]))?;
-        let plain = pack::open_chunk(&self.sealer, id, &sealed, loc.raw_len)
+        // The padding after the sealed bytes means nothing; only the sealed
+        // part is opened.
+        let sealed = sealed.get(..loc.sealed_len as usize).with_context(|| format!("pack {key} is truncated"))?;
+        let plain = pack::open_chunk(&self.sealer, id, sealed, loc.raw_len)
             .with_context(|| format!("chunk {} in pack {key} is corrupt", &id.to_hex()[..16]))?;
         ensure!(
             self.keys.chunk_id(&plain) == *id,

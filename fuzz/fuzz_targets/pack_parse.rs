@@ -32,7 +32,8 @@ fn check_entries(entries: &[PackEntry], index_offset: u64) {
     let mut end_of_last = PACK_MAGIC.len() as u64;
     for e in entries {
         assert!(e.offset >= end_of_last, "entry at {} overlaps or precedes {end_of_last}", e.offset);
-        let end = e.offset.saturating_add(e.sealed_len as u64);
+        // A blob takes its Padmé-padded length in the pack.
+        let end = e.offset.saturating_add(n2s_agent::core::pack::padded_len(e.sealed_len));
         assert!(end <= index_offset, "entry ends at {end}, past the index at {index_offset}");
         assert!(e.sealed_len as usize > SEAL_OVERHEAD, "entry of {} sealed bytes", e.sealed_len);
         assert!(e.raw_len <= MAX_CHUNK_LEN, "entry raw_len {}", e.raw_len);
