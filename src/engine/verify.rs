@@ -106,49 +106,6 @@ pub fn verify(repo: &Repository, state: &StatePaths, level: Level) -> Result<Ver
         }
     }
 
-    // Every local catalog must open, check out, and reference only chunks
-    // that live in a pack that exists.
-    for path in state.catalog_files()? {
-        let cat = match Catalog::dataset_name_of(&path).and_then(|name| Catalog::open(&path, &name)) {
-            Ok(c) => c,
-            Err(e) => {
-                r.problems.push(format!(
-                    "local catalog {} cannot be read ({e:#}): move it aside and run `n2s-agent catalog rebuild`",
-                    path.display()
-                ));
-                continue;
-            }
-        };
-        let name = cat.dataset().to_string();
-        let damaged = cat.check()?;
-        if !damaged.is_empty() {
-            r.problems.extend(damaged.into_iter().map(|p| format!("dataset {name}: {p}")));
-            r.problems.push(format!(
-                "dataset {name}: its local catalog {} is damaged: move it aside and run `n2s-agent catalog rebuild --dataset {name}`",
-                path.display()
-            ));
-            continue;
-        }
-        let mut seen = HashSet::new();
-        cat.for_each_referenced_chunk(|c| {
-            if seen.insert(c) {
-                match index.lookup(&c)? {
-                    None => r.problems.push(format!(
-                        "dataset {name}: chunk {} is in no pack that exists (it was in a lost pack: the next backup reads its files again if they are unchanged)",
-                        &c.to_hex()[..16]
-                    )),
-                    Some(loc) if !on_backend.contains_key(&loc.pack) => r.problems.push(format!(
-                        "dataset {name}: chunk {} lives in missing pack {}",
-                        &c.to_hex()[..16],
-                        loc.pack.object_key()
-                    )),
-                    Some(_) => {}
-                }
-            }
-            Ok(())
-        })?;
-        r.referenced_chunks += seen.len() as u64;
-    }
     if level >= Level::Standard {
         let mut ids: Vec<(&PackId, &u64)> = on_backend.iter().collect();
         ids.sort();
@@ -201,6 +158,49 @@ pub fn verify(repo: &Repository, state: &StatePaths, level: Level) -> Result<Ver
                 log::info!("pack {key} was marked lost, and is whole again: it is used again");
             }
         }
+    }
+    // Every local catalog must open, check out, and reference only chunks
+    // that live in a pack that exists.
+    for path in state.catalog_files()? {
+        let cat = match Catalog::dataset_name_of(&path).and_then(|name| Catalog::open(&path, &name)) {
+            Ok(c) => c,
+            Err(e) => {
+                r.problems.push(format!(
+                    "local catalog {} cannot be read ({e:#}): move it aside and run `n2s-agent catalog rebuild`",
+                    path.display()
+                ));
+                continue;
+            }
+        };
+        let name = cat.dataset().to_string();
+        let damaged = cat.check()?;
+        if !damaged.is_empty() {
+            r.problems.extend(damaged.into_iter().map(|p| format!("dataset {name}: {p}")));
+            r.problems.push(format!(
+                "dataset {name}: its local catalog {} is damaged: move it aside and run `n2s-agent catalog rebuild --dataset {name}`",
+                path.display()
+            ));
+            continue;
+        }
+        let mut seen = HashSet::new();
+        cat.for_each_referenced_chunk(|c| {
+            if seen.insert(c) {
+                match index.lookup(&c)? {
+                    None => r.problems.push(format!(
+                        "dataset {name}: chunk {} is in no pack that exists (it was in a lost pack: the next backup reads its files again if they are unchanged)",
+                        &c.to_hex()[..16]
+                    )),
+                    Some(loc) if !on_backend.contains_key(&loc.pack) => r.problems.push(format!(
+                        "dataset {name}: chunk {} lives in missing pack {}",
+                        &c.to_hex()[..16],
+                        loc.pack.object_key()
+                    )),
+                    Some(_) => {}
+                }
+            }
+            Ok(())
+        })?;
+        r.referenced_chunks += seen.len() as u64;
     }
     if lost_now > 0 {
         r.problems.push(format!(
