@@ -15,6 +15,12 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_n2s-agent");
 
+/// The binary the tests drive: this build's, or the one `N2S_TEST_BIN`
+/// names (to show that a test fails against an older build).
+pub fn bin() -> std::ffi::OsString {
+    std::env::var_os("N2S_TEST_BIN").unwrap_or_else(|| BIN.into())
+}
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub repo: PathBuf,
@@ -38,7 +44,7 @@ impl Env {
 
     /// The command with this test's repository, key and state directory.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(BIN);
+        let mut c = Command::new(bin());
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("N2S_REPO", &self.repo)
