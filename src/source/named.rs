@@ -69,7 +69,7 @@ pub fn changes_for_paths(
     }
     candidates.extend(links);
 
-    let mut walker = Walker { prior, emit, unreadable: Vec::new(), skip };
+    let mut walker = Walker::new(prior, emit, skip, root)?;
     // Subtrees already compared (or removed) as a whole.
     let mut covered: BTreeSet<RelPath> = BTreeSet::new();
     for path in candidates {
