@@ -174,6 +174,9 @@ impl BtrfsSource {
     }
 }
 
+/// Bytes tolerated (and dropped) after a send stream's END command.
+const MAX_AFTER_END: u64 = 1 << 20;
+
 /// Run `send` (a `btrfs send` command) and gather the paths its stream
 /// names into `out`, parsing the stream as it arrives: memory is one
 /// command plus the sorter's budget, however long the stream. Its stderr
@@ -187,7 +190,19 @@ fn send_stream_paths(mut send: Command, out: PathSorter) -> Result<PathSorter> {
         .context("cannot run `btrfs send` (install btrfs-progs)")?;
     let stderr = StderrTail::spawn(child.stderr.take());
     let stdout = child.stdout.take().context("`btrfs send` has no stdout")?;
-    let parsed = diff::candidate_paths(std::io::BufReader::with_capacity(256 << 10, stdout), out);
+    let mut stdout = std::io::BufReader::with_capacity(256 << 10, stdout);
+    let parsed = diff::candidate_paths(&mut stdout, out).and_then(|paths| {
+        // Read on to the end of the output: btrfs-progs copies the stream
+        // with splice(2), whose last call (the one that sees the end) dies
+        // of SIGPIPE if the pipe's reader has already closed it. Nothing
+        // should follow END; whatever does is bounded and dropped.
+        let after = std::io::copy(&mut std::io::Read::take(&mut stdout, MAX_AFTER_END + 1), &mut std::io::sink())
+            .context("cannot read the end of the `btrfs send` output")?;
+        if after > MAX_AFTER_END {
+            bail!("`btrfs send` wrote more than {MAX_AFTER_END} bytes after the stream's END command");
+        }
+        Ok(paths)
+    });
     if parsed.is_err() {
         // It may be blocked writing the rest of a stream we no longer read.
         let _ = child.kill();
@@ -199,6 +214,7 @@ fn send_stream_paths(mut send: Command, out: PathSorter) -> Result<PathSorter> {
         _ if !status.success() && status.signal().is_none() => bail!("btrfs send failed: {err}"),
         Err(e) if err.is_empty() => Err(e.context("reading the `btrfs send` stream")),
         Err(e) => Err(e.context(format!("reading the `btrfs send` stream (btrfs said: {err})"))),
+        Ok(_) if !status.success() && err.is_empty() => bail!("btrfs send was killed ({status})"),
         Ok(_) if !status.success() => bail!("btrfs send was killed ({status}): {err}"),
         Ok(paths) => Ok(paths),
     }
@@ -359,6 +375,18 @@ mod tests {
         assert_eq!(sorted(got.unwrap()), want);
         let e = send_stream_paths(sh("echo 'ERROR: parent not found' >&2; exit 1"), PathSorter::new()).unwrap_err();
         assert_eq!(format!("{e:#}"), "btrfs send failed: ERROR: parent not found");
+    }
+
+    #[test]
+    fn the_output_is_read_to_its_end_after_the_stream_ends() {
+        // btrfs-progs makes one more splice(2) after the stream's END, which
+        // gets SIGPIPE if the reader has gone (seen in scripts/bench); here
+        // the child writes after a pause, the same way.
+        let fx = format!("{}/tests/fixtures/btrfs/incremental-v1.stream", env!("CARGO_MANIFEST_DIR"));
+        let got = send_stream_paths(sh(&format!("cat '{fx}'; sleep 0.3; echo trailing")), PathSorter::new());
+        assert!(got.is_ok(), "{:#}", got.unwrap_err());
+        let e = send_stream_paths(sh(&format!("cat '{fx}'; exec yes")), PathSorter::new()).unwrap_err();
+        assert!(format!("{e:#}").contains("after the stream's END"), "{e:#}");
     }
 
     #[test]
