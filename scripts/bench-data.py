@@ -18,6 +18,12 @@ Kinds:
               directories and --delete D other files are removed. Which files,
               and the new bytes, depend only on --seed and the tree's sorted
               file list, so the same tree always gets the same edits.
+  empty-tree  --dirs D directories of --per-dir F empty files each
+              (d0000/f0000 ...): many paths, no content, for the
+              diff-memory case.
+  touch       set the mtime of the first --count N files of the sorted file
+              list under --out (0: every file) to 1600000000 + --step S
+              seconds: N mtime-only changes, no content written.
 """
 
 import argparse
@@ -213,9 +219,33 @@ def apply_changes(root: str, modify: int, add: int, delete: int, seed: int) -> d
     return stats
 
 
+def empty_tree(root: str, dirs: int, per_dir: int) -> dict:
+    """dirs x per_dir empty files (see --kind empty-tree)."""
+    os.makedirs(root, exist_ok=True)
+    for d in range(dirs):
+        dp = os.path.join(root, "d%04d" % d)
+        os.mkdir(dp)
+        for f in range(per_dir):
+            # os.open + close is the cheapest way to make an empty file
+            os.close(os.open(os.path.join(dp, "f%04d" % f), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    return {"kind": "empty-tree", "dirs": dirs, "files": dirs * per_dir}
+
+
+def touch(root: str, count: int, step: int) -> dict:
+    """New mtime on the first `count` files (see --kind touch)."""
+    files, _ = list_tree(root)
+    picked = files if count == 0 else files[:count]
+    if count > len(files):
+        raise SystemExit(f"bench-data: --count {count} but {root} holds {len(files)} files")
+    t = (1600000000 + step) * 1000000000
+    for path in picked:
+        os.utime(path, ns=(t, t), follow_symlinks=False)
+    return {"kind": "touch", "touched": len(picked), "files": len(files), "step": step}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kind", choices=("throughput", "many", "changes"), required=True)
+    p.add_argument("--kind", choices=("throughput", "many", "changes", "empty-tree", "touch"), required=True)
     p.add_argument("--files", type=int, help="number of files (throughput, many)")
     p.add_argument("--size-mb", type=float, default=0, help="total size in MiB (throughput only)")
     p.add_argument("--seed", type=int, default=1)
@@ -223,7 +253,23 @@ def main() -> int:
     p.add_argument("--modify", type=int, default=50, help="files to modify (changes only)")
     p.add_argument("--add", type=int, default=25, help="files to add (changes only)")
     p.add_argument("--delete", type=int, default=25, help="files to delete (changes only)")
+    p.add_argument("--dirs", type=int, default=1000, help="directories (empty-tree only)")
+    p.add_argument("--per-dir", type=int, default=1000, help="empty files per directory (empty-tree only)")
+    p.add_argument("--count", type=int, default=0, help="files to touch, 0 for all (touch only)")
+    p.add_argument("--step", type=int, default=1, help="mtime offset in seconds (touch only)")
     a = p.parse_args()
+    if a.kind == "empty-tree":
+        if a.dirs < 1 or a.per_dir < 1:
+            p.error("--dirs and --per-dir must be >= 1")
+        print(json.dumps(empty_tree(a.out, a.dirs, a.per_dir)))
+        return 0
+    if a.kind == "touch":
+        if a.count < 0:
+            p.error("--count must be >= 0")
+        if not os.path.isdir(a.out):
+            p.error(f"--out {a.out} is not an existing directory (--kind touch edits a tree)")
+        print(json.dumps(touch(a.out, a.count, a.step)))
+        return 0
     if a.kind == "changes":
         if min(a.modify, a.add, a.delete) < 0:
             p.error("--modify, --add and --delete must be >= 0")

@@ -306,3 +306,31 @@ fn a_snapshot_name_used_again_is_kept_apart() {
     assert!(out.status.success());
     assert_eq!(env.list_json("vol")["changesets"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn a_walk_of_a_live_subvolume_stays_out_of_nested_subvolumes() {
+    let Some(fs) = LoopBtrfs::make() else { return };
+    let vol = fs.vol();
+    std::fs::create_dir_all(vol.join("dir")).unwrap();
+    std::fs::write(vol.join("dir/own"), b"own").unwrap();
+    // A nested subvolume is another file system (its own st_dev) in the
+    // live subvolume: the walk records its directory and stays out.
+    run_ok(Command::new("btrfs").args(["subvolume", "create"]).arg(vol.join("dir/nested")));
+    std::fs::write(vol.join("dir/nested/other"), b"another subvolume").unwrap();
+    let env = Env::new();
+    env.init();
+    let out = env
+        .cmd()
+        .args(["backup", "--dataset", "live", "--source", "walk", "--path"])
+        .arg(&vol)
+        .args(["--snapshot", "l1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("dir/nested: a mount point"), "logged once, at info: {}", stderr(&out));
+    let t = env.path("restored");
+    env.restore("live", "l1", &t);
+    assert_eq!(std::fs::read(t.join("dir/own")).unwrap(), b"own");
+    assert!(t.join("dir/nested").is_dir(), "the mount point itself is recorded");
+    assert_eq!(std::fs::read_dir(t.join("dir/nested")).unwrap().count(), 0, "nothing below it");
+}

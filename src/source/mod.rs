@@ -4,7 +4,9 @@
 //! reaches it through the small `PriorState` trait.
 
 pub mod btrfs;
+mod child;
 pub mod named;
+pub mod spill;
 pub mod walk;
 #[cfg(feature = "zfs")]
 pub mod zfs;

@@ -5,6 +5,13 @@
 //!
 //! Inode numbers are recorded to group hardlinks, and an inode change marks
 //! a file as replaced, but they are never an identity across runs.
+//!
+//! The walk stays on the file system of its root (like `rsync -x`): a
+//! directory on another device is a mount point (a nested btrfs subvolume
+//! of a live subvolume is one too). Its entry is recorded, as the mounted
+//! root looks, but nothing below it: hardlink groups (inode numbers) are
+//! only meaningful within one file system, and another file system is
+//! another dataset.
 
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -13,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::fsx::Dir;
-use crate::model::{ChangeKind, FileType, Metadata, join_path, split_path};
+use crate::model::{ChangeKind, FileType, Metadata, display_path, join_path, split_path};
 
 pub struct WalkSource {
     path: PathBuf,
@@ -76,18 +83,41 @@ pub struct Walker<'a> {
     /// Entries that are not part of the dataset (a nested btrfs
     /// subvolume's stub): treated as absent.
     pub skip: Option<fn(&Metadata) -> bool>,
+    /// The device of the tree's root. A directory on another device is a
+    /// mount point: recorded by its parent, never descended into.
+    pub root_dev: u64,
 }
 
-impl Walker<'_> {
+/// The device a directory is on (`st_dev`).
+pub fn device_of(dir: &Dir) -> std::io::Result<u64> {
+    Ok(rustix::fs::fstat(dir)?.st_dev)
+}
+
+impl<'a> Walker<'a> {
+    /// A walker for the tree whose root is `root`.
+    pub fn new(
+        prior: &'a dyn PriorState,
+        emit: &'a mut dyn FnMut(Change) -> Result<()>,
+        skip: Option<fn(&Metadata) -> bool>,
+        root: &Dir,
+    ) -> Result<Walker<'a>> {
+        let root_dev = device_of(root).context("cannot stat the root of the walk")?;
+        Ok(Walker { prior, emit, unreadable: Vec::new(), skip, root_dev })
+    }
+
+    /// Emit the removal of every prior entry strictly below `path`.
+    fn removed_below(&mut self, path: &[u8]) -> Result<()> {
+        let emit = &mut *self.emit;
+        self.prior.for_each_below(path, &mut |e| emit(Change { path: e.path, kind: ChangeKind::Removed, meta: None }))
+    }
+
     /// Emit the removal of a prior entry and, for a directory, of everything below it.
     pub fn removed_tree(&mut self, p: PriorEntry) -> Result<()> {
         let is_dir = p.meta.ftype == FileType::Dir;
         let path = p.path.clone();
         (self.emit)(Change { path: p.path, kind: ChangeKind::Removed, meta: None })?;
         if is_dir {
-            let emit = &mut *self.emit;
-            self.prior
-                .for_each_below(&path, &mut |e| emit(Change { path: e.path, kind: ChangeKind::Removed, meta: None }))?;
+            self.removed_below(&path)?;
         }
         Ok(())
     }
@@ -97,6 +127,24 @@ impl Walker<'_> {
     pub fn walk_below(&mut self, dir: Dir, path: RelPath) -> Result<()> {
         let mut stack: Vec<(Dir, RelPath)> = vec![(dir, path)];
         while let Some((dir, path)) = stack.pop() {
+            match device_of(&dir) {
+                Ok(dev) if dev != self.root_dev => {
+                    // Another file system is mounted here. What was below
+                    // this path before (the mount hides it, or an older
+                    // run walked into the mount) is no longer in the tree.
+                    log::info!(
+                        "{}: a mount point (another file system): recorded, not descended into",
+                        display_path(&path)
+                    );
+                    self.removed_below(&path)?;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.unreadable.push(Unreadable { path: path.clone(), error: format!("cannot stat: {e}") });
+                    continue;
+                }
+            }
             let names = match dir.entry_names() {
                 Ok(n) => n,
                 Err(e) => {
@@ -141,10 +189,7 @@ impl Walker<'_> {
                     && meta.ftype != FileType::Dir
                 {
                     // A directory replaced by something else: its subtree is gone.
-                    let emit = &mut *self.emit;
-                    self.prior.for_each_below(&p.path, &mut |e| {
-                        emit(Change { path: e.path, kind: ChangeKind::Removed, meta: None })
-                    })?;
+                    self.removed_below(&p.path)?;
                 }
                 let is_dir = meta.ftype == FileType::Dir;
                 if let Some(kind) = kind {
@@ -202,7 +247,8 @@ impl ChangeSource for WalkSource {
         if let Some(kind) = kind {
             emit(Change { path: Vec::new(), kind, meta: Some(root_meta) })?;
         }
-        let mut w = Walker { prior, emit, unreadable: Vec::new(), skip: self.skip };
+        let mut w = Walker::new(prior, emit, self.skip, &root)
+            .with_context(|| format!("cannot stat {}", snap.root.display()))?;
         w.walk_below(root, Vec::new())?;
         Ok(ChangeReport { method: "walk".into(), unreadable: w.unreadable })
     }
@@ -318,6 +364,71 @@ mod tests {
         assert_eq!(c[&b"dir/sub/deep".to_vec()].0, ChangeKind::Removed);
         apply(&mut prior, &c);
         assert!(run(d.path(), &prior).is_empty());
+    }
+
+    /// A tmpfs mounted on a directory; unmounted in `drop`, even when the test fails.
+    struct TmpfsMount(std::path::PathBuf);
+
+    impl TmpfsMount {
+        fn mount(at: &Path) -> Option<TmpfsMount> {
+            let missing = |why: &str| {
+                assert!(std::env::var("CI").is_err(), "CI must allow mounting a tmpfs: {why}");
+                eprintln!("SKIPPED LOUDLY: tmpfs mount-point test: {why}");
+                None
+            };
+            if !rustix::process::geteuid().is_root() {
+                return missing("not root");
+            }
+            let st =
+                std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "n2s-test"]).arg(at).status();
+            if !st.is_ok_and(|s| s.success()) {
+                return missing("mount -t tmpfs failed");
+            }
+            Some(TmpfsMount(at.to_path_buf()))
+        }
+    }
+
+    impl Drop for TmpfsMount {
+        fn drop(&mut self) {
+            let quiet = |c: &mut std::process::Command| {
+                c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status()
+            };
+            if !quiet(std::process::Command::new("umount").arg(&self.0)).is_ok_and(|s| s.success()) {
+                let _ = quiet(std::process::Command::new("umount").arg("-l").arg(&self.0));
+            }
+        }
+    }
+
+    #[test]
+    fn the_walk_stays_on_one_file_system() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("sub/mnt")).unwrap();
+        std::fs::write(r.join("sub/mnt/hidden"), b"on the walked file system, under the mount").unwrap();
+        std::fs::write(r.join("sub/f"), b"f").unwrap();
+        let mut prior = MemPrior::default();
+        let first = run(r, &prior);
+        apply(&mut prior, &first);
+        assert!(prior.0.contains_key(b"sub/mnt/hidden".as_slice()));
+
+        let Some(_m) = TmpfsMount::mount(&r.join("sub/mnt")) else { return };
+        std::fs::create_dir(r.join("sub/mnt/other-fs")).unwrap();
+        std::fs::write(r.join("sub/mnt/other-fs/file"), b"another file system").unwrap();
+        let c = run(r, &prior);
+        // The mount point is recorded (as the mounted root looks, like
+        // rsync -x), nothing below it is, and what the mount hides is gone.
+        assert!(
+            c.get(b"sub/mnt".as_slice()).is_some_and(|(_, m)| m.as_ref().is_some_and(|m| m.ftype == FileType::Dir))
+        );
+        let mut below: Vec<_> = c.keys().filter(|p| p.starts_with(b"sub/mnt/")).map(|p| display_path(p)).collect();
+        below.sort();
+        assert_eq!(below, vec!["sub/mnt/hidden"]);
+        assert_eq!(c[b"sub/mnt/hidden".as_slice()].0, ChangeKind::Removed);
+        apply(&mut prior, &c);
+        assert!(prior.0.keys().all(|p| !p.starts_with(b"sub/mnt/")));
+        assert!(prior.0.contains_key(b"sub/f".as_slice()));
+        // Nothing more to find: the second walk of the same tree is empty.
+        assert!(run(r, &prior).is_empty());
     }
 
     #[test]

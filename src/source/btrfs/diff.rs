@@ -2,37 +2,40 @@
 //! renames and links, every inode whose content or metadata changed); the
 //! comparison of those paths is `source::named`.
 
-use std::collections::BTreeSet;
+use anyhow::Result;
+use std::io::Read;
 
-use super::stream::Op;
-use crate::model::RelPath;
+use super::stream::{Op, StreamReader};
+use crate::source::spill::PathSorter;
 
-/// Every path a stream names.
-pub fn candidate_paths(ops: &[Op]) -> BTreeSet<RelPath> {
-    let mut out = BTreeSet::new();
-    let mut add = |p: &[u8]| {
-        out.insert(p.to_vec());
-    };
-    for op in ops {
-        match op {
-            Op::Create { path, .. }
-            | Op::Unlink { path }
-            | Op::Rmdir { path }
-            | Op::Content { path }
-            | Op::Meta { path }
-            | Op::Unknown { path: Some(path), .. } => add(path),
-            Op::Rename { from, to } => {
-                add(from);
-                add(to);
-            }
-            Op::Link { path, target } => {
-                add(path);
-                add(target);
-            }
-            Op::Subvol { .. } | Op::Snapshot { .. } | Op::End | Op::Unknown { path: None, .. } => {}
+/// Add the paths one operation names to `out`.
+pub fn add_paths(op: &Op, out: &mut PathSorter) -> Result<()> {
+    match op {
+        Op::Create { path, .. }
+        | Op::Unlink { path }
+        | Op::Rmdir { path }
+        | Op::Content { path }
+        | Op::Meta { path }
+        | Op::Unknown { path: Some(path), .. } => out.push(path),
+        Op::Rename { from, to } => {
+            out.push(from)?;
+            out.push(to)
         }
+        Op::Link { path, target } => {
+            out.push(path)?;
+            out.push(target)
+        }
+        Op::Subvol { .. } | Op::Snapshot { .. } | Op::End | Op::Unknown { path: None, .. } => Ok(()),
     }
-    out
+}
+
+/// Every path a stream names, read op by op into `out`.
+pub fn candidate_paths(reader: impl Read, mut out: PathSorter) -> Result<PathSorter> {
+    let mut s = StreamReader::new(reader)?;
+    while let Some(op) = s.next_op()? {
+        add_paths(&op, &mut out)?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -40,14 +43,19 @@ mod tests {
     use super::*;
     use crate::fsx::Dir;
     use crate::model::ChangeKind;
+    use crate::model::RelPath;
     use crate::source::named::changes_for_paths;
+    use crate::source::spill::SortedPaths;
     use crate::source::testutil::{MemPrior, Seen, apply, full_walk};
 
     use std::collections::HashMap;
     use std::path::Path;
 
     fn diff(root: &Path, prior: &MemPrior, names: &[&str]) -> Seen {
-        let cands: BTreeSet<RelPath> = names.iter().map(|n| n.as_bytes().to_vec()).collect();
+        let mut cands = PathSorter::new();
+        for n in names {
+            cands.push(n.as_bytes()).unwrap();
+        }
         let dir = Dir::open(root).unwrap();
         let mut out = HashMap::new();
         let bad = changes_for_paths(prior, &dir, cands, Some(super::super::is_nested_subvolume_stub), &mut |c| {
@@ -138,11 +146,21 @@ mod tests {
     fn the_recorded_stream_names_what_changed() {
         let bytes = std::fs::read(format!("{}/tests/fixtures/btrfs/incremental-v1.stream", env!("CARGO_MANIFEST_DIR")))
             .unwrap();
-        let ops = super::super::stream::read_ops(&bytes[..]).unwrap();
-        let c = candidate_paths(&ops);
+        let c = all(candidate_paths(&bytes[..], PathSorter::new()).unwrap().finish().unwrap());
         for p in ["", "a", "a2", "a2/b/f", "g", "sym", "p", "new", "new/deep", "new/deep/file", "o262-8-0"] {
-            assert!(c.contains(p.as_bytes()), "{p} missing from {c:?}");
+            assert!(c.iter().any(|x| x == p.as_bytes()), "{p} missing from {c:?}");
         }
+        // The same paths, whether they stay in memory or are spilled to
+        // temporary files every few paths.
+        assert_eq!(all(candidate_paths(&bytes[..], PathSorter::with_budget(40)).unwrap().finish().unwrap()), c);
+    }
+
+    fn all(mut s: SortedPaths) -> Vec<RelPath> {
+        let mut out = Vec::new();
+        while let Some(p) = s.next_path().unwrap() {
+            out.push(p);
+        }
+        out
     }
 }
 
@@ -326,16 +344,21 @@ mod real_btrfs_tests {
             let out =
                 Command::new("btrfs").args(["send", "--no-data", "-q", "-p"]).arg(&prev).arg(&cur).output().unwrap();
             assert!(out.status.success(), "btrfs send: {}", String::from_utf8_lossy(&out.stderr));
-            let ops = super::super::stream::read_ops(&out.stdout[..]).unwrap();
             let dir = Dir::open(&cur).unwrap();
             let mut changes = HashMap::new();
+            // A small budget, so that the paths of most steps are spilled
+            // to temporary files and merged.
             let bad = changes_for_paths(
                 &prior,
                 &dir,
-                candidate_paths(&ops),
+                candidate_paths(&out.stdout[..], PathSorter::with_budget(64)).unwrap(),
                 Some(super::super::is_nested_subvolume_stub),
                 &mut |c| {
-                    changes.insert(c.path.clone(), (c.kind, c.meta));
+                    let p = String::from_utf8_lossy(&c.path).into_owned();
+                    assert!(
+                        changes.insert(c.path.clone(), (c.kind, c.meta)).is_none(),
+                        "step {step}: {p} emitted twice"
+                    );
                     Ok(())
                 },
             )

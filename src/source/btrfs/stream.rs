@@ -10,7 +10,9 @@
 //! has no length and runs to the end of its command.
 //!
 //! The stream is outside input: every length is checked, memory per
-//! command is bounded, and no input can make the parser panic.
+//! command is bounded, and no input can make the parser panic. It is read
+//! one command at a time (`StreamReader::next_op`), so a stream of any
+//! length costs the memory of its largest command.
 
 use anyhow::{Result, bail, ensure};
 use std::io::Read;
@@ -235,11 +237,13 @@ impl Op {
     }
 }
 
-/// Reads commands from a send stream.
+/// Reads commands from a send stream, one at a time.
 pub struct StreamReader<R: Read> {
     reader: R,
     version: u32,
     ended: bool,
+    /// The current command's bytes, reused from one command to the next.
+    buf: Vec<u8>,
 }
 
 impl<R: Read> StreamReader<R> {
@@ -250,7 +254,7 @@ impl<R: Read> StreamReader<R> {
         ensure!(&header[..13] == MAGIC, "not a btrfs send stream (bad magic)");
         let version = u32::from_le_bytes(header[13..].try_into().expect("4 bytes"));
         ensure!((1..=3).contains(&version), "btrfs send stream version {version} is not supported (1 to 3 are)");
-        Ok(StreamReader { reader, version, ended: false })
+        Ok(StreamReader { reader, version, ended: false, buf: Vec::new() })
     }
 
     pub fn version(&self) -> u32 {
@@ -275,16 +279,32 @@ impl<R: Read> StreamReader<R> {
         let cmd = u16::from_le_bytes(head[4..6].try_into().expect("2 bytes"));
         let crc = u32::from_le_bytes(head[6..10].try_into().expect("4 bytes"));
         ensure!(len <= MAX_COMMAND_LEN, "send stream command {cmd} claims {len} bytes, more than the limit");
-        let mut buf = vec![0u8; 10 + len as usize];
-        buf[..6].copy_from_slice(&head[..6]);
-        read_exact_or(&mut self.reader, &mut buf[10..], "a send stream command")?;
-        let actual = btrfs_crc32c(&buf);
+        // The CRC covers the header with a zeroed crc field.
+        self.buf.clear();
+        self.buf.extend_from_slice(&head[..6]);
+        self.buf.extend_from_slice(&[0; 4]);
+        // Grows with the bytes that arrive, not with what the length claims.
+        let got = (&mut self.reader)
+            .take(u64::from(len))
+            .read_to_end(&mut self.buf)
+            .map_err(|e| anyhow::Error::new(e).context("cannot read a send stream command"))?;
+        ensure!(got == len as usize, "the send stream ends inside a send stream command (truncated)");
+        let actual = btrfs_crc32c(&self.buf);
         ensure!(actual == crc, "send stream command {cmd} fails its CRC check (stream corrupt or truncated)");
-        let attrs = parse_attrs(&buf[10..], self.version)?;
+        let attrs = parse_attrs(&self.buf[10..], self.version)?;
+        if self.buf.capacity() > 1 << 20 {
+            // A rare big command (v2 data): do not keep its buffer.
+            self.buf = Vec::new();
+        }
         if cmd == cmd::END {
             self.ended = true;
         }
         Ok(Some(Command { cmd, attrs }))
+    }
+
+    /// The next operation, or `None` after END.
+    pub fn next_op(&mut self) -> Result<Option<Op>> {
+        self.next_command()?.map(|c| Op::decode(&c)).transpose()
     }
 }
 
@@ -316,13 +336,14 @@ fn parse_attrs(mut body: &[u8], version: u32) -> Result<Vec<(u16, Vec<u8>)>> {
     Ok(attrs)
 }
 
-/// Read a whole stream into operations (a --no-data stream is small:
-/// tens of bytes per changed inode).
+/// Read a whole stream into a list of operations, for tests and fuzzing:
+/// the diff reads op by op (`StreamReader::next_op`), since a stream has
+/// tens of bytes per changed inode and a diff may change millions.
 pub fn read_ops(reader: impl Read) -> Result<Vec<Op>> {
     let mut s = StreamReader::new(reader)?;
     let mut ops = Vec::new();
-    while let Some(c) = s.next_command()? {
-        ops.push(Op::decode(&c)?);
+    while let Some(op) = s.next_op()? {
+        ops.push(op);
     }
     Ok(ops)
 }
@@ -421,6 +442,50 @@ mod tests {
         assert_eq!(Op::decode(&c2).unwrap(), Op::Content { path: b"f".to_vec() });
         assert!(r.next_command().unwrap().unwrap().cmd == cmd::END);
         assert!(r.next_command().unwrap().is_none());
+    }
+
+    /// A reader that hands out at most `step` bytes per call, and counts
+    /// how many it has handed out.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+        given: std::rc::Rc<std::cell::Cell<usize>>,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.step).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            self.given.set(self.given.get() + n);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn ops_come_one_at_a_time_from_a_reader() {
+        let bytes = fixture("incremental-v1.stream");
+        let given = std::rc::Rc::new(std::cell::Cell::new(0));
+        let mut r = StreamReader::new(Trickle { data: &bytes, step: 3, given: given.clone() }).unwrap();
+        let first = r.next_op().unwrap().unwrap();
+        assert!(matches!(first, Op::Snapshot { .. }));
+        // Only the header and the first command were read.
+        let first_len = 17 + 10 + u32::from_le_bytes(bytes[17..21].try_into().unwrap()) as usize;
+        assert_eq!(given.get(), first_len);
+        let mut ops = vec![first];
+        while let Some(op) = r.next_op().unwrap() {
+            ops.push(op);
+        }
+        assert_eq!(ops, read_ops(&bytes[..]).unwrap());
+        assert_eq!(given.get(), bytes.len());
+        // A claimed length is not allocated before its bytes arrive.
+        let mut s = encode_header(1);
+        s.extend_from_slice(&MAX_COMMAND_LEN.to_le_bytes());
+        s.extend_from_slice(&cmd::UTIMES.to_le_bytes());
+        s.extend_from_slice(&[0; 4]);
+        let mut r = StreamReader::new(&s[..]).unwrap();
+        assert!(format!("{:#}", r.next_op().unwrap_err()).contains("truncated"));
+        assert!(r.buf.capacity() < 1 << 20);
     }
 
     #[test]

@@ -14,8 +14,18 @@
 //! backslash itself, is written as a backslash and four octal digits
 //! (`\0040` is a space, `\0377` is 0xff). Output is outside input: a line
 //! that does not parse is an error naming the line, never a panic.
+//!
+//! The output is parsed line by line as it arrives (`read_lines`), and the
+//! paths go to a `PathSorter`: a diff of any size costs bounded memory.
 
 use anyhow::{Context, Result, bail, ensure};
+use std::io::{BufRead, Read};
+
+use crate::source::spill::PathSorter;
+
+/// A line longer than this is refused: a path is at most 4095 bytes, or
+/// 20 KiB escaped, and a line holds at most two.
+pub const MAX_LINE: usize = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiffKind {
@@ -106,13 +116,40 @@ pub fn parse_line(line: &[u8]) -> Result<DiffLine> {
     Ok(DiffLine { ctime_ns, kind, ftype, path, new_path, link_delta })
 }
 
+/// Parse output line by line as it arrives, handing each line to `f`;
+/// errors name the line.
+pub fn read_lines(mut r: impl BufRead, mut f: impl FnMut(DiffLine) -> Result<()>) -> Result<()> {
+    let mut line = Vec::new();
+    for n in 1.. {
+        line.clear();
+        let got = (&mut r)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("cannot read zfs diff output line {n}"))?;
+        if got == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        ensure!(line.len() <= MAX_LINE, "zfs diff output line {n} is longer than {MAX_LINE} bytes");
+        if line.is_empty() {
+            continue;
+        }
+        let l = parse_line(&line).with_context(|| format!("zfs diff output line {n}"))?;
+        f(l)?;
+    }
+    Ok(())
+}
+
 /// Parse a whole output; errors name the line.
 pub fn parse_output(out: &[u8]) -> Result<Vec<DiffLine>> {
-    out.split(|&b| b == b'\n')
-        .enumerate()
-        .filter(|(_, l)| !l.is_empty())
-        .map(|(i, l)| parse_line(l).with_context(|| format!("zfs diff output line {}", i + 1)))
-        .collect()
+    let mut lines = Vec::new();
+    read_lines(out, |l| {
+        lines.push(l);
+        Ok(())
+    })?;
+    Ok(lines)
 }
 
 /// A path of the diff relative to the dataset, given its (decoded)
@@ -127,16 +164,20 @@ pub fn relative_to(path: &[u8], mountpoint: &[u8]) -> Option<Vec<u8>> {
     Some(rest.strip_suffix(b"/").unwrap_or(rest).to_vec())
 }
 
-/// Every dataset-relative path the diff names (both ends of renames).
-pub fn candidate_paths(lines: &[DiffLine], mountpoint: &[u8]) -> Result<std::collections::BTreeSet<Vec<u8>>> {
-    let mut out = std::collections::BTreeSet::new();
-    for l in lines {
-        for p in std::iter::once(&l.path).chain(l.new_path.iter()) {
-            let rel = relative_to(p, mountpoint)
-                .with_context(|| format!("zfs diff named {} outside the mountpoint", String::from_utf8_lossy(p)))?;
-            out.insert(rel);
-        }
+/// Add the dataset-relative paths one line names (both ends of a rename)
+/// to `out`.
+pub fn add_paths(l: &DiffLine, mountpoint: &[u8], out: &mut PathSorter) -> Result<()> {
+    for p in std::iter::once(&l.path).chain(l.new_path.iter()) {
+        let rel = relative_to(p, mountpoint)
+            .with_context(|| format!("zfs diff named {} outside the mountpoint", String::from_utf8_lossy(p)))?;
+        out.push(&rel)?;
     }
+    Ok(())
+}
+
+/// Every dataset-relative path a diff output names, read line by line into `out`.
+pub fn candidate_paths(r: impl Read, mountpoint: &[u8], mut out: PathSorter) -> Result<PathSorter> {
+    read_lines(std::io::BufReader::with_capacity(64 << 10, r), |l| add_paths(&l, mountpoint, &mut out))?;
     Ok(out)
 }
 
@@ -158,6 +199,89 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The parser as it was before it streamed (whole output in memory, a
+    /// BTreeSet of paths), kept to check the streaming one against it.
+    mod old {
+        use super::super::*;
+
+        pub fn parse_output(out: &[u8]) -> Result<Vec<DiffLine>> {
+            out.split(|&b| b == b'\n')
+                .enumerate()
+                .filter(|(_, l)| !l.is_empty())
+                .map(|(i, l)| parse_line(l).with_context(|| format!("zfs diff output line {}", i + 1)))
+                .collect()
+        }
+
+        pub fn candidate_paths(lines: &[DiffLine], mountpoint: &[u8]) -> Result<std::collections::BTreeSet<Vec<u8>>> {
+            let mut out = std::collections::BTreeSet::new();
+            for l in lines {
+                for p in std::iter::once(&l.path).chain(l.new_path.iter()) {
+                    let rel = relative_to(p, mountpoint).with_context(|| {
+                        format!("zfs diff named {} outside the mountpoint", String::from_utf8_lossy(p))
+                    })?;
+                    out.insert(rel);
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    /// The paths the streaming parser gathers, read through a buffer of
+    /// `buf` bytes into a sorter of `budget` bytes, in byte order.
+    fn streamed(out: &[u8], mp: &[u8], buf: usize, budget: usize) -> Result<Vec<Vec<u8>>> {
+        let mut sorter = PathSorter::with_budget(budget);
+        read_lines(std::io::BufReader::with_capacity(buf, out), |l| add_paths(&l, mp, &mut sorter))?;
+        let mut sorted = sorter.finish()?;
+        let mut v = Vec::new();
+        while let Some(p) = sorted.next_path()? {
+            v.push(p);
+        }
+        v.sort();
+        Ok(v)
+    }
+
+    fn old_paths(out: &[u8], mp: &[u8]) -> Result<Vec<Vec<u8>>> {
+        Ok(old::candidate_paths(&old::parse_output(out)?, mp)?.into_iter().collect())
+    }
+
+    #[test]
+    fn the_streaming_parser_names_what_the_old_one_did_on_every_fixture() {
+        let dir = format!("{}/tests/fixtures/zfs", env!("CARGO_MANIFEST_DIR"));
+        let mut seen = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            if !name.starts_with("zfs-diff-") {
+                continue;
+            }
+            let out = fixture(&name);
+            let want = old_paths(&out, b"/tp/fs").unwrap();
+            assert!(!want.is_empty(), "{name}");
+            for (buf, budget) in [(64 << 10, 16 << 20), (1, 16 << 20), (7, 30), (100, 1)] {
+                assert_eq!(
+                    streamed(&out, b"/tp/fs", buf, budget).unwrap(),
+                    want,
+                    "{name}, buffer {buf}, budget {budget}"
+                );
+            }
+            // The same lines, too.
+            assert_eq!(parse_output(&out).unwrap(), old::parse_output(&out).unwrap(), "{name}");
+            seen += 1;
+        }
+        assert!(seen >= 2, "no zfs diff fixtures in {dir}");
+    }
+
+    #[test]
+    fn overlong_lines_are_refused_without_holding_them() {
+        let mut out = b"1.000000000\t+\tF\t/tp/fs/".to_vec();
+        out.resize(MAX_LINE + 10, b'a');
+        out.push(b'\n');
+        let e = format!("{:#}", streamed(&out, b"/tp/fs", 4096, 1 << 20).unwrap_err());
+        assert!(e.contains("line 1 is longer"), "{e}");
+        // The last line may lack its newline.
+        let ok = b"1.000000000\t+\tF\t/tp/fs/a\n1.000000000\t-\tF\t/tp/fs/b";
+        assert_eq!(streamed(ok, b"/tp/fs", 3, 1 << 20).unwrap(), vec![b"a".to_vec(), b"b".to_vec()]);
+    }
+
     #[test]
     fn lines_of_every_kind() {
         let out = b"1795329184.123456789\tM\t/\t/tp/fs/dir\n\
@@ -174,7 +298,7 @@ mod tests {
         assert_eq!(l[2].path, b"/tp/fs/old\tlink");
         assert_eq!(l[3].new_path.as_deref(), Some(&b"/tp/fs/b/\xff\nx"[..]));
         assert_eq!(l[4].link_delta, Some(1));
-        let c = candidate_paths(&l, b"/tp/fs").unwrap();
+        let c = streamed(out, b"/tp/fs", 8192, 1 << 20).unwrap();
         let want: Vec<&[u8]> = vec![b"a", b"b/\xff\nx", b"dir", b"dir/new file", b"hard", b"old\tlink"];
         assert_eq!(c.iter().map(Vec::as_slice).collect::<Vec<_>>(), want);
     }
@@ -217,7 +341,7 @@ mod tests {
     fn recorded_real_zfs_diffs_parse() {
         // tests/fixtures/zfs/README.md says what made them.
         let l = parse_output(&fixture("zfs-diff-1.txt")).unwrap();
-        let c = candidate_paths(&l, b"/tp/fs").unwrap();
+        let c = streamed(&fixture("zfs-diff-1.txt"), b"/tp/fs", 8192, 1 << 20).unwrap();
         for p in [
             &b""[..],
             b"olddir",
@@ -233,7 +357,7 @@ mod tests {
             b"hl-src.txt",
             b"dir/deep-moved.txt",
         ] {
-            assert!(c.contains(p), "{:?} missing", String::from_utf8_lossy(p));
+            assert!(c.iter().any(|x| x == p), "{:?} missing", String::from_utf8_lossy(p));
         }
         assert!(l.iter().any(|d| d.link_delta == Some(1)));
         let l2 = parse_output(&fixture("zfs-diff-2.txt")).unwrap();
@@ -257,6 +381,31 @@ mod tests {
         fn the_parser_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = parse_output(&data);
             let _ = unescape(&data);
+        }
+
+        #[test]
+        fn streaming_agrees_with_the_old_parser(lines in proptest::collection::vec(
+            (0u8..4, proptest::collection::vec(any::<u8>(), 1..20), proptest::collection::vec(any::<u8>(), 1..20)), 0..30),
+            buf in 1usize..64, budget in 1usize..200,
+        ) {
+            let mut out = Vec::new();
+            for (kind, a, b) in &lines {
+                let (a, b) = (escape(a), escape(b));
+                let line = match kind {
+                    0 => [&b"1.000000000\t+\tF\t/tp/fs/"[..], &a].concat(),
+                    1 => [&b"1.000000000\tR\tF\t/tp/fs/"[..], &a, b"\t/tp/fs/", &b].concat(),
+                    2 => [&b"1.000000000\tM\t/\t/tp/fs/"[..], &a, b"\t(+1)"].concat(),
+                    _ => [&b"1.000000000\t-\t@\t/tp/fs/"[..], &a].concat(),
+                };
+                out.extend_from_slice(&line);
+                out.push(b'\n');
+            }
+            // A NUL byte (\0000) cannot be in a name: both refuse it.
+            match (streamed(&out, b"/tp/fs", buf, budget), old_paths(&out, b"/tp/fs")) {
+                (Ok(s), Ok(o)) => prop_assert_eq!(s, o),
+                (Err(_), _) => prop_assert!(lines.iter().any(|(k, a, b)| a.contains(&0) || *k == 1 && b.contains(&0))),
+                (Ok(_), Err(e)) => prop_assert!(false, "old parser refused: {e:#}"),
+            }
         }
     }
 }

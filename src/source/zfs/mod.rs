@@ -5,11 +5,12 @@ pub mod diff;
 
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::child::StderrTail;
+use super::spill::PathSorter;
 use super::walk::{snapshot_reader, walk_snapshot};
 use super::{ChangeReport, ChangeSource, PriorState, SnapshotReader, SnapshotRef};
 use crate::fsx::Dir;
@@ -128,43 +129,67 @@ impl ZfsSource {
         Ok(SnapshotRef { name: s.name.clone(), identity, root })
     }
 
-    /// Run `zfs diff -FHt` under the time limit: it can take hours in huge
-    /// busy directories (openzfs #10391).
-    fn run_diff(&self, from: &str, to: &str) -> Result<Vec<u8>> {
-        let mut child = Command::new("zfs")
-            .args(["diff", "-FHt"])
-            .arg(format!("{}@{from}", self.dataset))
-            .arg(format!("{}@{to}", self.dataset))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot run `zfs diff`")?;
-        let mut stdout = child.stdout.take().context("no stdout")?;
-        let reader = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            stdout.read_to_end(&mut buf).map(|_| buf)
-        });
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait()? {
-                let out = reader.join().map_err(|_| anyhow::anyhow!("zfs diff reader panicked"))??;
-                if !status.success() {
-                    let mut err = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        let _ = e.read_to_string(&mut err);
-                    }
-                    bail!("zfs diff failed: {}", err.trim().replace('\n', " "));
-                }
-                return Ok(out);
-            }
-            if start.elapsed() > self.diff_timeout {
+    /// The paths `zfs diff -FHt` names between two snapshots, under the
+    /// time limit: it can take hours in huge busy directories (openzfs #10391).
+    fn run_diff(&self, from: &str, to: &str, mountpoint: &[u8]) -> Result<PathSorter> {
+        let mut cmd = Command::new("zfs");
+        cmd.args(["diff", "-FHt"]).arg(format!("{}@{from}", self.dataset)).arg(format!("{}@{to}", self.dataset));
+        diff_paths(cmd, self.diff_timeout, mountpoint)
+    }
+}
+
+/// Run a `zfs diff` command and gather the paths it names, parsing its
+/// output line by line as it arrives (a thread reads it, so the time limit
+/// holds even while no line comes). Past `timeout` the command is killed
+/// and this fails; so does a line that does not parse, at once. Its stderr
+/// is read alongside, so it cannot block on a full pipe.
+fn diff_paths(mut cmd: Command, timeout: Duration, mountpoint: &[u8]) -> Result<PathSorter> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run `zfs diff` (install zfsutils-linux)")?;
+    let stderr = StderrTail::spawn(child.stderr.take());
+    let stdout = child.stdout.take().context("`zfs diff` has no stdout")?;
+    let mp = mountpoint.to_vec();
+    let sorter = PathSorter::new();
+    let mut reader = Some(std::thread::spawn(move || diff::candidate_paths(stdout, &mp, sorter)));
+    let mut parsed: Option<Result<PathSorter>> = None;
+    let start = Instant::now();
+    let join = |h: std::thread::JoinHandle<Result<PathSorter>>| {
+        h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the zfs diff reader thread panicked")))
+    };
+    loop {
+        if reader.as_ref().is_some_and(|h| h.is_finished()) {
+            let r = reader.take().map(join).expect("checked just above");
+            if let Err(e) = r {
+                // Bad output: stop the diff now rather than at its end.
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("zfs diff took longer than {}s", self.diff_timeout.as_secs());
+                let err = stderr.text();
+                return Err(if err.is_empty() { e } else { e.context(format!("zfs said: {err}")) });
             }
-            std::thread::sleep(Duration::from_millis(50));
+            parsed = Some(r);
         }
+        if let Some(status) = child.try_wait().context("cannot wait for `zfs diff`")? {
+            // Its stdout is closed now, so the reader ends soon.
+            let r = parsed.take().or_else(|| reader.take().map(join)).unwrap_or_else(|| {
+                Err(anyhow::anyhow!("the zfs diff reader's result was lost (a bug: please report it)"))
+            });
+            if !status.success() {
+                bail!("zfs diff failed: {}", stderr.text());
+            }
+            return r;
+        }
+        if start.elapsed() > timeout {
+            // The reader ends when the pipe closes: not waited for, in case
+            // something else still holds it open.
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("zfs diff took longer than {}s", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -226,11 +251,7 @@ impl ChangeSource for ZfsSource {
         let mountpoint = self.mountpoint()?;
         let fallback = match (self.base.clone(), self.base_problem.clone()) {
             (Some(base), _) => {
-                let diffed = self.run_diff(&base.name, &snap.name).and_then(|out| {
-                    let lines = diff::parse_output(&out)?;
-                    let mp = mountpoint.as_os_str().as_encoded_bytes();
-                    diff::candidate_paths(&lines, mp)
-                });
+                let diffed = self.run_diff(&base.name, &snap.name, mountpoint.as_os_str().as_encoded_bytes());
                 match diffed {
                     Ok(cands) => {
                         let root = Dir::open(&snap.root)
@@ -315,6 +336,59 @@ pub fn held_snapshots(dataset: &str) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fixture_path(name: &str) -> String {
+        format!("{}/tests/fixtures/zfs/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(script);
+        c
+    }
+
+    fn sorted(s: PathSorter) -> Vec<Vec<u8>> {
+        let mut it = s.finish().unwrap();
+        let mut v = Vec::new();
+        while let Some(p) = it.next_path().unwrap() {
+            v.push(p);
+        }
+        v
+    }
+
+    #[test]
+    fn a_diff_is_parsed_as_it_arrives_while_stderr_is_drained() {
+        let fx = fixture_path("zfs-diff-1.txt");
+        let want =
+            sorted(diff::candidate_paths(&std::fs::read(&fx).unwrap()[..], b"/tp/fs", PathSorter::new()).unwrap());
+        // 300 KB on stderr: more than a pipe holds, so it must be read while
+        // the command runs, or the command never ends.
+        let cmd = sh(&format!("cat '{fx}'; head -c 300000 /dev/zero | tr '\\0' e >&2"));
+        let start = Instant::now();
+        let got = diff_paths(cmd, Duration::from_secs(20), b"/tp/fs").unwrap();
+        assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+        assert_eq!(sorted(got), want);
+    }
+
+    #[test]
+    fn a_diff_over_the_time_limit_is_killed() {
+        let fx = fixture_path("zfs-diff-1.txt");
+        let start = Instant::now();
+        let e = diff_paths(sh(&format!("cat '{fx}'; exec sleep 60")), Duration::from_secs(1), b"/tp/fs").unwrap_err();
+        assert!(format!("{e:#}").contains("longer than 1s"), "{e:#}");
+        assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    }
+
+    #[test]
+    fn bad_output_stops_the_diff_at_once_and_failures_say_why() {
+        let start = Instant::now();
+        let e = diff_paths(sh("echo garbage; exec sleep 60"), Duration::from_secs(120), b"/tp/fs").unwrap_err();
+        assert!(format!("{e:#}").contains("line 1"), "{e:#}");
+        assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+        let e = diff_paths(sh("echo 'cannot diff: no such snapshot' >&2; exit 1"), Duration::from_secs(20), b"/tp/fs")
+            .unwrap_err();
+        assert_eq!(format!("{e:#}"), "zfs diff failed: cannot diff: no such snapshot");
+    }
 
     #[test]
     fn snapshot_lists_parse_and_sort_by_txg() {
