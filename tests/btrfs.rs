@@ -334,3 +334,124 @@ fn a_walk_of_a_live_subvolume_stays_out_of_nested_subvolumes() {
     assert!(t.join("dir/nested").is_dir(), "the mount point itself is recorded");
     assert_eq!(std::fs::read_dir(t.join("dir/nested")).unwrap().count(), 0, "nothing below it");
 }
+
+/// Issue 7, point 1: a snapshot destroyed before its changeset finished
+/// (snapper or btrbk pruned it during an outage) must not stop the dataset
+/// for good: the changeset is abandoned (failed), and the next snapshot is
+/// diffed against the last complete one.
+#[test]
+fn a_snapshot_destroyed_before_its_upload_finished_is_abandoned_and_backups_go_on() {
+    let Some(fs) = LoopBtrfs::make() else { return };
+    let env = Env::new();
+    env.init();
+    std::fs::create_dir_all(fs.vol().join("d")).unwrap();
+    let mut rng = Rng(21);
+    for i in 0..6 {
+        std::fs::write(fs.vol().join(format!("d/f{i}")), rng.bytes(30_000)).unwrap();
+    }
+    fs.snapshot("s1");
+    assert!(btrfs_backup(&env, &fs).status.success());
+
+    // Killed after listing s2; then s2 is pruned, and s3 is made.
+    std::fs::write(fs.vol().join("d/f0"), b"two").unwrap();
+    let s2 = fs.snapshot("s2");
+    let out = env
+        .cmd()
+        .env("N2S_FAULT", "listed:1")
+        .args(["backup", "--dataset", "vol", "--source", "btrfs", "--path"])
+        .arg(fs.vol())
+        .arg("--snapshot-dir")
+        .arg(fs.snaps())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the fault point did not kill the run");
+    run_ok(Command::new("btrfs").args(["subvolume", "delete"]).arg(&s2));
+    std::fs::write(fs.vol().join("d/f1"), b"three").unwrap();
+    let s3 = fs.snapshot("s3");
+    // It used to fail here, and on every later run: "snapshot s2 is gone".
+    let out = btrfs_backup(&env, &fs);
+    assert_eq!(out.status.code(), Some(1), "an abandonment is reported: {}", stderr(&out));
+    assert!(stderr(&out).contains("snapshot s2 (changeset 2) was abandoned"), "{}", stderr(&out));
+    let list = env.list_json("vol");
+    let rows = list["changesets"].as_array().unwrap();
+    let s2row = rows.iter().find(|c| c["snapshot"] == "s2").expect("s2 is listed");
+    assert_eq!(s2row["status"], "failed");
+    let s3row = rows.iter().find(|c| c["snapshot"] == "s3").expect("s3 is listed");
+    assert_eq!((s3row["changeset"].as_i64(), s3row["method"].as_str()), (Some(2), Some("send")), "{s3row}");
+    restore_and_compare(&env, &s3, "s3");
+    assert!(btrfs_backup(&env, &fs).status.success(), "the next run is clean");
+
+    // Destroyed while its upload runs: every read fails, and the changeset
+    // is abandoned instead of committed as "everything removed".
+    std::fs::write(fs.vol().join("d/f2"), b"four").unwrap();
+    let s4 = fs.snapshot("s4");
+    let pause = env.path("pause");
+    std::fs::create_dir_all(&pause).unwrap();
+    let child = env
+        .cmd()
+        .env("N2S_PAUSE", "listed")
+        .env("N2S_PAUSE_DIR", &pause)
+        .args(["backup", "--dataset", "vol", "--source", "btrfs", "--path"])
+        .arg(fs.vol())
+        .arg("--snapshot-dir")
+        .arg(fs.snaps())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !pause.join("listed.reached").exists() {
+        assert!(t0.elapsed().as_secs() < 120, "the backup never reached its listing");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    run_ok(Command::new("btrfs").args(["subvolume", "delete"]).arg(&s4));
+    std::fs::write(pause.join("listed.go"), b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("snapshot s4 (changeset 3) was abandoned"), "{}", stderr(&out));
+    std::fs::write(fs.vol().join("d/f3"), b"five").unwrap();
+    let s5 = fs.snapshot("s5");
+    assert!(btrfs_backup(&env, &fs).status.success());
+    restore_and_compare(&env, &s5, "s5");
+
+    // Destroyed in the middle of its upload (after its first file): the
+    // files not yet opened cannot be read, and the changeset is abandoned.
+    // (In other directories: a directory already open stays readable after
+    // the delete; what is reached from the snapshot's root is gone.)
+    for i in 0..400 {
+        let dir = fs.vol().join(format!("e{:02}", i / 10));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("g{i:03}")), rng.bytes(20_000)).unwrap();
+    }
+    let s6 = fs.snapshot("s6");
+    let child = env
+        .cmd()
+        .env("N2S_PAUSE", "file-read")
+        .env("N2S_PAUSE_DIR", &pause)
+        .env("N2S_PACK_SIZE_KB", "16")
+        .args(["backup", "--dataset", "vol", "--source", "btrfs", "--path"])
+        .arg(fs.vol())
+        .arg("--snapshot-dir")
+        .arg(fs.snaps())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !pause.join("file-read.reached").exists() {
+        assert!(t0.elapsed().as_secs() < 120, "the backup never read a file");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    run_ok(Command::new("btrfs").args(["subvolume", "delete"]).arg(&s6));
+    std::fs::write(pause.join("file-read.go"), b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("snapshot s6 (changeset 4) was abandoned") && stderr(&out).contains("could not be read"),
+        "{}",
+        stderr(&out)
+    );
+    let s7 = fs.snapshot("s7");
+    assert!(btrfs_backup(&env, &fs).status.success());
+    restore_and_compare(&env, &s7, "s7");
+}

@@ -117,6 +117,8 @@ impl Ctx {
         let backend = crate::backend::open(&settings.repo)?;
         let repo = Arc::new(Repository::open(backend, &key)?);
         let state = StatePaths::new(&settings.state_dir, &repo.config.id)?;
+        // Paths a snapshot diff names are sorted on disk past a memory budget.
+        crate::source::spill::set_scratch_dir(&state.root().join("tmp"));
         Ok(Ctx { settings, repo, state })
     }
 

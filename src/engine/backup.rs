@@ -399,7 +399,16 @@ fn finish_changeset(
 ) -> Result<Finished> {
     let dataset = catalog.dataset().to_string();
     let pending = catalog.count_pending(row.id)?;
-    let reader = source.reader(snap)?;
+    let identity: BTreeMap<String, String> = serde_json::from_str(&row.identity).unwrap_or_default();
+    let reader = match source.reader(snap) {
+        Ok(r) => r,
+        // Gone since it was listed: a pruner destroyed it.
+        Err(e) if source.find_snapshot(&row.snapshot, &identity)?.is_none() => {
+            let why = format!("its snapshot {} was destroyed before its upload finished ({e:#})", snap.name);
+            return Ok(Finished::Abandoned(abandon(catalog, row, &why)?));
+        }
+        Err(e) => return Err(e),
+    };
     log::info!("{dataset}: {pending} files to read for snapshot {}", snap.name);
     let catalog_path = catalog.path().to_path_buf();
     let report =
@@ -413,7 +422,6 @@ fn finish_changeset(
     if report.failed.total() > 0 {
         // Unreadable files are normal (permissions), a vanished snapshot is
         // not: committing would record all of its files as removed.
-        let identity: BTreeMap<String, String> = serde_json::from_str(&row.identity).unwrap_or_default();
         if source.find_snapshot(&row.snapshot, &identity)?.is_none() {
             let why = format!(
                 "its snapshot {} was destroyed while it was being backed up ({} files could not be read)",

@@ -274,6 +274,7 @@ pub fn upload_changeset(
                                     return Ok(());
                                 }
                                 seq += 1;
+                                fault::hit("file-read");
                                 if !again {
                                     break;
                                 }
