@@ -94,7 +94,7 @@ impl FaultRule {
         }
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         match self.mode {
-            Mode::Every(k) => n % k == 0,
+            Mode::Every(k) => n.is_multiple_of(k),
             Mode::Nth(k) => n == k,
             Mode::After(k) => n > k,
         }

@@ -10,6 +10,7 @@
 
 pub mod index;
 pub mod schema;
+pub mod tree;
 
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OptionalExtension, Row, params};
