@@ -301,8 +301,16 @@ impl Dir {
             Err(e) => return Err(e.into()),
         };
         // O_NOFOLLOW|O_DIRECTORY: whatever is at the name now must be a real
-        // directory; the caller checks that it is the one we made.
-        Ok((self.open_subdir(name)?, created))
+        // directory; the caller checks that it is the one we made. Anything
+        // else there (a symlink to a directory included) is AlreadyExists,
+        // as for create_dir.
+        match self.open_subdir(name) {
+            Ok(d) => Ok((d, created)),
+            Err(e) if !created && matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+                Err(Errno::EXIST.into())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Who this directory is (device, inode, owner, type).
