@@ -1199,6 +1199,94 @@ mod tests {
     }
 
     #[test]
+    fn restore_primitives_pin_rename_and_link_the_objects_they_were_given() {
+        let t = tmp();
+        let d = Dir::open(t.path()).unwrap();
+        let euid = rustix::process::geteuid().as_raw();
+
+        // make_dir: made, then found; a non-directory in the way is refused.
+        let (_, created) = d.make_dir(b"sub").unwrap();
+        assert!(created);
+        let (sub, created) = d.make_dir(b"sub").unwrap();
+        assert!(!created);
+        assert_eq!(sub.ident().unwrap(), d.ident_of(b"sub").unwrap());
+        std::fs::write(p(&t, b"file"), b"x").unwrap();
+        std::os::unix::fs::symlink("sub", p(&t, b"dirlink")).unwrap();
+        for name in [&b"file"[..], b"dirlink"] {
+            assert_eq!(d.make_dir(name).unwrap_err().kind(), io::ErrorKind::AlreadyExists, "{name:?}");
+        }
+
+        // rename_into_place: never replaces without `replace`, replaces a
+        // file or a symlink with it, never a directory.
+        std::fs::write(p(&t, b"tmp"), b"new").unwrap();
+        assert_eq!(errno_of(&d.rename_into_place(b"tmp", b"file", false).unwrap_err()), libc::EEXIST);
+        assert_eq!(std::fs::read(p(&t, b"file")).unwrap(), b"x");
+        d.rename_into_place(b"tmp", b"file", true).unwrap();
+        assert_eq!(std::fs::read(p(&t, b"file")).unwrap(), b"new");
+        assert!(!p(&t, b"tmp").exists());
+        std::fs::write(p(&t, b"tmp"), b"over the link").unwrap();
+        d.rename_into_place(b"tmp", b"dirlink", true).unwrap();
+        assert_eq!(d.metadata_of(b"dirlink").unwrap().ftype, FileType::File);
+        std::fs::write(p(&t, b"tmp"), b"x").unwrap();
+        assert_eq!(errno_of(&d.rename_into_place(b"tmp", b"sub", true).unwrap_err()), libc::EISDIR);
+        d.rename_into_place(b"tmp", b"fresh", false).unwrap();
+
+        // open_node pins the object: after a swap at the name, metadata
+        // still goes to the pinned inode, and links link it.
+        let fifo = Metadata {
+            ftype: FileType::Fifo,
+            mode: 0o640,
+            mtime_ns: 7_000_000_000,
+            ..d.metadata_of(b"fresh").unwrap()
+        };
+        d.create_special(b"fifo", &fifo, false).unwrap();
+        let node = d.open_node(b"fifo").unwrap();
+        assert_eq!((node.ident().ftype, node.ident().uid, node.ident().nlink), (Some(FileType::Fifo), euid, 1));
+        std::fs::rename(p(&t, b"fifo"), p(&t, b"moved")).unwrap();
+        std::fs::write(p(&t, b"fifo"), b"someone else's").unwrap();
+        let before = d.metadata_of(b"fifo").unwrap();
+        assert!(node.apply_metadata(&fifo, false).is_empty());
+        assert_eq!(d.metadata_of(b"fifo").unwrap(), before, "the file swapped in was touched");
+        let m = d.metadata_of(b"moved").unwrap();
+        assert_eq!((m.ftype, m.mode, m.mtime_ns), (FileType::Fifo, 0o640, 7_000_000_000));
+        d.link_node(&node, b"fifo", true).unwrap();
+        assert!(d.ident_of(b"fifo").unwrap().same_object(&node.ident()));
+        assert_eq!(d.ident_of(b"moved").unwrap().nlink, 2);
+
+        // remove_if removes only the object it was told about.
+        let other = d.ident_of(b"file").unwrap();
+        assert!(!d.remove_if(b"moved", &other).unwrap());
+        assert!(d.remove_if(b"moved", &node.ident()).unwrap());
+        assert!(!p(&t, b"moved").exists());
+
+        // A socket node can be pinned and given metadata too.
+        let sock = Metadata { ftype: FileType::Socket, ..fifo };
+        d.create_special(b"sock", &sock, false).unwrap();
+        let sn = d.open_node(b"sock").unwrap();
+        assert!(sn.apply_metadata(&sock, false).is_empty());
+        assert_eq!(d.metadata_of(b"sock").unwrap().mode, 0o640);
+    }
+
+    #[test]
+    fn open_beneath_agrees_with_the_component_walk() {
+        let t = tmp();
+        let d = Dir::open(t.path()).unwrap();
+        d.create_dir(b"a").unwrap();
+        d.open_subdir(b"a").unwrap().create_dir(b"b").unwrap();
+        std::os::unix::fs::symlink("b", p(&t, b"a/l")).unwrap();
+        let via = d.open_beneath(b"a/b").unwrap();
+        assert_eq!(via.ident().unwrap(), d.open_subdir(b"a").unwrap().open_subdir(b"b").unwrap().ident().unwrap());
+        // A symlink anywhere is refused, the last component included (which
+        // error depends on the kernel's order of checks; callers treat both
+        // as "not a directory there").
+        for path in [&b"a/l"[..], b"a/l/x"] {
+            let e = errno_of(&d.open_beneath(path).unwrap_err());
+            assert!([libc::ELOOP, libc::ENOTDIR].contains(&e), "{path:?}: {e}");
+        }
+        assert_eq!(errno_of(&d.open_beneath(b"a/nope/b").unwrap_err()), libc::ENOENT);
+    }
+
+    #[test]
     fn raise_fd_limit_does_not_lower() {
         let before = rustix::process::getrlimit(rustix::process::Resource::Nofile);
         raise_fd_limit();

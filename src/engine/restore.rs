@@ -285,7 +285,9 @@ struct Run<'a> {
     rep: RestoreReport,
     selections: Vec<Vec<u8>>,
     chown: bool,
-    euid: u32,
+    /// The owner the target gives objects we make: our euid, unless the
+    /// file system maps it (NFS root_squash makes root's objects nobody's).
+    made_uid: u32,
     /// The tree has names that look like temporary names.
     reserved: bool,
     stop: &'a AtomicBool,
@@ -330,6 +332,7 @@ pub fn restore(
     }
     crate::fsx::raise_fd_limit();
     let euid = rustix::process::geteuid();
+    let made_uid = owner_of_new_objects(&root).unwrap_or(euid.as_raw());
     let reserved = catalog.restore_scratch_begin(cs.id)?;
     let root = Arc::new(root);
     let stop = AtomicBool::new(false);
@@ -342,7 +345,7 @@ pub fn restore(
         rep: RestoreReport::default(),
         selections: selections(&opts.paths),
         chown: euid.is_root(),
-        euid: euid.as_raw(),
+        made_uid,
         reserved,
         stop: &stop,
         full: None,
@@ -424,6 +427,21 @@ pub fn restore(
     log::debug!("restore visited {} entries; {} directory opens for the walk", rep.entries, run.stack.opens);
     catalog.restore_scratch_end()?;
     Ok(rep)
+}
+
+/// Who owns a file we make in the target: made and removed at once under
+/// a random name.
+fn owner_of_new_objects(root: &Dir) -> Result<u32> {
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).map_err(|e| anyhow!("no randomness: {e}"))?;
+    let mut name = b".n2s-probe-".to_vec();
+    name.extend_from_slice(hex::encode(r).as_bytes());
+    name.extend_from_slice(PARTIAL_SUFFIX);
+    let f = root.create_file(&name, false)?;
+    let id = ident_of_fd(f.as_fd());
+    drop(f);
+    let _ = root.remove_file(&name);
+    Ok(id?.uid)
 }
 
 /// The selections to walk: the root alone when everything is restored, else
@@ -624,7 +642,7 @@ impl Run<'_> {
             let id = dir.ident()?;
             // Nobody but us can make a directory owned by us: if another
             // owner's is at the name, it was swapped in.
-            if created && id.uid != self.euid {
+            if created && id.uid != self.made_uid {
                 bail!("was replaced by a directory of another owner right after restore made it");
             }
             Ok((dir, id))
@@ -657,7 +675,7 @@ impl Run<'_> {
         let id = node.ident();
         // Only we can make an object owned by us: anything else at the
         // temporary name was swapped in, and gets nothing from us.
-        if id.ftype != Some(meta.ftype) || id.uid != self.euid || id.nlink != 1 {
+        if id.ftype != Some(meta.ftype) || id.uid != self.made_uid || id.nlink != 1 {
             bail!("was replaced by another object right after restore made it; nothing was applied to that object");
         }
         let warnings = node.apply_metadata(meta, self.chown);
