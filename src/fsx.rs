@@ -6,17 +6,22 @@
 //! cannot be steered outside its target by a symlink or `..` planted in the
 //! tree it writes into (no call here follows a symlink in a name it is given).
 //!
-//! Extended attributes have no `*at` system calls, so they are reached through
+//! Extended attributes have no `*at` system calls, so they are read through
 //! `/proc/self/fd/<dirfd>/<name>` with the `l*` variants: the magic link
 //! resolves to the directory we hold, and only the last component, which is
 //! never followed, comes from the name. This needs `/proc` to be mounted.
+//!
+//! Restore never sets metadata by name: a name can be swapped between two
+//! calls. Regular files and directories get it through the descriptor they
+//! were written or opened through; everything else is pinned first with an
+//! `O_PATH` descriptor (`Node`), and every call then goes to that inode
+//! (see `Node::apply_metadata` for which calls take `O_PATH` and why).
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Stat, Timespec, Timestamps, XattrFlags};

@@ -80,11 +80,13 @@ impl Catalog {
     }
 
     /// The directories recorded by `restore_record_dir`, with their rows at
-    /// `n`, in descending path order: every child before its parent.
+    /// `n`, in descending path order: every child before its parent. CROSS
+    /// JOIN makes SQLite walk the (small) temp table and look each path up,
+    /// instead of scanning every file row, as it would without statistics.
     pub fn for_each_restored_dir(&self, n: i64, mut f: impl FnMut(FileRow, u64, u64) -> Result<()>) -> Result<()> {
         let mut st = self.conn.prepare(&format!(
             "SELECT {FILE_COLS}, d.dev, d.ino FROM temp.n2s_restore_dirs d \
-             JOIN files f ON f.path = d.path WHERE {LATEST} ORDER BY d.path DESC"
+             CROSS JOIN files f ON f.path = d.path WHERE {LATEST} ORDER BY d.path DESC"
         ))?;
         let mut rows = st.query(params![n])?;
         while let Some(r) = rows.next()? {
