@@ -510,7 +510,7 @@ impl Run<'_> {
     fn take(&mut self, o: Outcome) -> Result<()> {
         self.inflight.remove(&o.id);
         match o.result {
-            None => self.rep.fail(&o.path, "not restored: the restore stopped first"),
+            None => self.rep.fail(&o.path, "skipped: the restore stopped first"),
             Some(Ok(w)) => {
                 self.rep.files += 1;
                 self.rep.bytes += w.bytes;
@@ -551,7 +551,7 @@ impl Run<'_> {
         let job = FileJob { id, dir, path: row.path, tmp, meta, chunks: row.chunks, hash: row.file_hash, group };
         if job_tx.send(job).is_err() {
             self.inflight.remove(&id);
-            self.fail(&path, anyhow!("not restored: the restore workers stopped"));
+            self.fail(&path, anyhow!("the restore workers stopped (a bug): run restore again with --overwrite"));
         }
         Ok(())
     }
