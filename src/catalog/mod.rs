@@ -19,6 +19,7 @@
 pub mod index;
 pub mod rows;
 pub mod schema;
+pub mod tree;
 
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};

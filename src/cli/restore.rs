@@ -71,6 +71,9 @@ pub fn run(g: &GlobalArgs, a: RestoreArgs) -> Result<ExitCode> {
     for w in report.warnings.iter().take(20) {
         log::warn!("{w}");
     }
+    if report.warnings_count > 20 {
+        log::warn!("... and {} more warnings (all of them in --json output, up to 1000)", report.warnings_count - 20);
+    }
     if a.json {
         super::output::print_json(&serde_json::json!({
             "dataset": dataset, "snapshot": cs.snapshot, "changeset": cs.id,
@@ -88,13 +91,17 @@ pub fn run(g: &GlobalArgs, a: RestoreArgs) -> Result<ExitCode> {
             report.other
         );
     }
-    if !report.failed.is_empty() {
+    if report.failed_count > 0 {
         for f in &report.failed {
             eprintln!("n2s-agent: error: not restored: {f}");
         }
+        let unlisted = report.failed_count - report.failed.len() as u64;
+        if unlisted > 0 {
+            eprintln!("n2s-agent: error: ... and {unlisted} more paths not restored (not listed)");
+        }
         anyhow::bail!(
             "{} paths could not be restored (listed above); everything else was; run `n2s-agent verify --level full` to check the repository",
-            report.failed.len()
+            report.failed_count
         );
     }
     super::ok()

@@ -412,3 +412,86 @@ pub fn mutate_tree(root: &Path, rng: &mut Rng, step: usize) {
         }
     }
 }
+
+// ---- restore helpers (tests/restore.rs) ----
+
+impl Env {
+    /// `n2s-agent restore LABEL --dataset DS --target T` plus `extra`, not run yet.
+    pub fn restore_cmd(&self, dataset: &str, label: &str, target: &Path, extra: &[&str]) -> Command {
+        let mut c = self.cmd();
+        c.args(["restore", label, "--dataset", dataset, "--target"]).arg(target).args(extra);
+        c
+    }
+
+    /// This test's environment around another program that runs the binary
+    /// (`strace ... n2s-agent ARGS`): `prefix` comes first, then BIN.
+    pub fn cmd_via(&self, prefix: &[&str]) -> Command {
+        let plain = self.cmd();
+        let mut c = Command::new(prefix[0]);
+        c.args(&prefix[1..]).arg(BIN).env_clear();
+        for (k, v) in plain.get_envs() {
+            if let Some(v) = v {
+                c.env(k, v);
+            }
+        }
+        c
+    }
+
+    /// The repository through the library, on the plain local backend.
+    pub fn open_repo(&self) -> n2s_agent::repo::Repository {
+        let key = n2s_agent::core::keys::MasterKey::load(&self.key).expect("key");
+        let backend: std::sync::Arc<dyn n2s_agent::backend::Backend> =
+            std::sync::Arc::new(n2s_agent::backend::local::LocalBackend::new(&self.repo));
+        n2s_agent::repo::Repository::open(backend, &key).expect("open repository")
+    }
+}
+
+/// Restore's temporary files (`.NAME.n2s-partial`) anywhere below `root`.
+pub fn partial_files(root: &Path) -> Vec<PathBuf> {
+    files_under(root).into_iter().filter(|p| p.as_os_str().as_bytes().ends_with(b".n2s-partial")).collect()
+}
+
+/// BLAKE3 of a file's content.
+pub fn hash_file(p: &Path) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    let mut f = std::fs::File::open(p).expect("open for hashing");
+    std::io::copy(&mut f, &mut h).expect("read for hashing");
+    *h.finalize().as_bytes()
+}
+
+/// Whether this test may mount things; when not, a loud skip (a failure in CI).
+pub fn can_mount(what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(std::env::var("CI").is_err(), "CI must run the tests as root: {what} needs it");
+    eprintln!("SKIPPED LOUDLY: not root, cannot {what}");
+    false
+}
+
+/// A tmpfs of `size` (mount's syntax: `4m`) at `at`, unmounted on drop.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mount point");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "n2s-test"])
+            .arg(at)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount tmpfs at {} failed", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+
+    pub fn resize(&self, size: &str) {
+        let st = Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.0).status().unwrap();
+        assert!(st.success(), "remount {} failed", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
