@@ -74,14 +74,17 @@ impl Drop for LoopBtrfs {
     }
 }
 
-fn btrfs_backup(env: &Env, fs: &LoopBtrfs) -> std::process::Output {
-    env.cmd()
-        .args(["backup", "--dataset", "vol", "--source", "btrfs", "--path"])
+fn btrfs_backup_cmd(env: &Env, fs: &LoopBtrfs) -> Command {
+    let mut c = env.cmd();
+    c.args(["backup", "--dataset", "vol", "--source", "btrfs", "--path"])
         .arg(fs.vol())
         .arg("--snapshot-dir")
-        .arg(fs.snaps())
-        .output()
-        .unwrap()
+        .arg(fs.snaps());
+    c
+}
+
+fn btrfs_backup(env: &Env, fs: &LoopBtrfs) -> std::process::Output {
+    btrfs_backup_cmd(env, fs).output().unwrap()
 }
 
 /// The snapshot label of every changeset in a `list --json` document.
@@ -355,15 +358,7 @@ fn a_snapshot_destroyed_before_its_upload_finished_is_abandoned_and_backups_go_o
     // Killed after listing s2; then s2 is pruned, and s3 is made.
     std::fs::write(fs.vol().join("d/f0"), b"two").unwrap();
     let s2 = fs.snapshot("s2");
-    let out = env
-        .cmd()
-        .env("N2S_FAULT", "listed:1")
-        .args(["backup", "--dataset", "vol", "--source", "btrfs", "--path"])
-        .arg(fs.vol())
-        .arg("--snapshot-dir")
-        .arg(fs.snaps())
-        .output()
-        .unwrap();
+    let out = btrfs_backup_cmd(&env, &fs).env("N2S_FAULT", "listed:1").output().unwrap();
     assert!(!out.status.success(), "the fault point did not kill the run");
     run_ok(Command::new("btrfs").args(["subvolume", "delete"]).arg(&s2));
     std::fs::write(fs.vol().join("d/f1"), b"three").unwrap();
@@ -386,27 +381,9 @@ fn a_snapshot_destroyed_before_its_upload_finished_is_abandoned_and_backups_go_o
     std::fs::write(fs.vol().join("d/f2"), b"four").unwrap();
     let s4 = fs.snapshot("s4");
     let pause = env.path("pause");
-    std::fs::create_dir_all(&pause).unwrap();
-    let child = env
-        .cmd()
-        .env("N2S_PAUSE", "listed")
-        .env("N2S_PAUSE_DIR", &pause)
-        .args(["backup", "--dataset", "vol", "--source", "btrfs", "--path"])
-        .arg(fs.vol())
-        .arg("--snapshot-dir")
-        .arg(fs.snaps())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = std::time::Instant::now();
-    while !pause.join("listed.reached").exists() {
-        assert!(t0.elapsed().as_secs() < 120, "the backup never reached its listing");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let held = run_paused(btrfs_backup_cmd(&env, &fs), "listed", &pause);
     run_ok(Command::new("btrfs").args(["subvolume", "delete"]).arg(&s4));
-    std::fs::write(pause.join("listed.go"), b"").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = held.release();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("snapshot s4 (changeset 3) was abandoned"), "{}", stderr(&out));
     std::fs::write(fs.vol().join("d/f3"), b"five").unwrap();
@@ -424,27 +401,11 @@ fn a_snapshot_destroyed_before_its_upload_finished_is_abandoned_and_backups_go_o
         std::fs::write(dir.join(format!("g{i:03}")), rng.bytes(20_000)).unwrap();
     }
     let s6 = fs.snapshot("s6");
-    let child = env
-        .cmd()
-        .env("N2S_PAUSE", "file-read")
-        .env("N2S_PAUSE_DIR", &pause)
-        .env("N2S_PACK_SIZE_KB", "16")
-        .args(["backup", "--dataset", "vol", "--source", "btrfs", "--path"])
-        .arg(fs.vol())
-        .arg("--snapshot-dir")
-        .arg(fs.snaps())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = std::time::Instant::now();
-    while !pause.join("file-read.reached").exists() {
-        assert!(t0.elapsed().as_secs() < 120, "the backup never read a file");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut cmd = btrfs_backup_cmd(&env, &fs);
+    cmd.env("N2S_PACK_SIZE_KB", "16");
+    let held = run_paused(cmd, "file-read", &pause);
     run_ok(Command::new("btrfs").args(["subvolume", "delete"]).arg(&s6));
-    std::fs::write(pause.join("file-read.go"), b"").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = held.release();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("snapshot s6 (changeset 4) was abandoned") && stderr(&out).contains("could not be read"),

@@ -222,38 +222,19 @@ fn two_agents_racing_for_one_changeset_number_cannot_both_win() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("f"), b"one").unwrap();
     let pause = env.path("pause");
-    std::fs::create_dir_all(&pause).unwrap();
     // Two hosts (two state directories), one dataset name, both stopped just
     // before they store the header of changeset 1, then released together.
-    let spawn = |state: &str| {
-        env.cmd()
-            .env("N2S_STATE_DIR", env.path(state))
-            .env("N2S_PAUSE", "before-manifest")
-            .env("N2S_PAUSE_DIR", &pause)
+    let backup = |state: &str| {
+        let mut c = env.cmd();
+        c.env("N2S_STATE_DIR", env.path(state))
             .args(["backup", "--dataset", "shared", "--source", "walk", "--path"])
             .arg(&src)
-            .args(["--snapshot", state])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+            .args(["--snapshot", state]);
+        c
     };
-    let a = spawn("host-a");
-    // One at a time to the pause point (the pause fires once per process).
-    let reached = pause.join("before-manifest.reached");
-    let wait = |what: &Path| {
-        let t = std::time::Instant::now();
-        while !what.exists() {
-            assert!(t.elapsed().as_secs() < 120, "{} never appeared", what.display());
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    };
-    wait(&reached);
-    std::fs::remove_file(&reached).unwrap();
-    let b = spawn("host-b");
-    wait(&reached);
-    std::fs::write(pause.join("before-manifest.go"), b"").unwrap();
-    let (oa, ob) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let a = run_paused(backup("host-a"), "before-manifest", &pause);
+    let b = run_paused(backup("host-b"), "before-manifest", &pause);
+    let (oa, ob) = (a.release(), b.release());
     let wins = [&oa, &ob].iter().filter(|o| o.status.success()).count();
     assert_eq!(wins, 1, "exactly one wins:\nA: {}\nB: {}", stderr(&oa), stderr(&ob));
     let loser = if oa.status.success() { &ob } else { &oa };

@@ -146,6 +146,9 @@ pub struct FileRow {
     pub confirmed_at: Option<i64>,
 }
 
+/// How many columns FILE_COLS names: a query that selects more puts them
+/// from this index on.
+const FILE_COLS_LEN: usize = 23;
 /// The columns `rows::RawFile::read` expects, in its order.
 const FILE_COLS: &str = "f.changeset, f.path, f.dir, f.kind, f.status, f.ftype, f.mode, f.uid, f.gid, f.size, \
      f.mtime_ns, f.ctime_ns, f.ino, f.nlink, f.rdev, f.symlink, f.xattrs, f.chunks, f.file_hash, f.error, \
@@ -760,7 +763,7 @@ impl Catalog {
         let mut cache: std::collections::HashMap<i64, ChangesetRow> = Default::default();
         while let Some(r) = self.explain(rows.next())? {
             let row = self.explain(file_from_row(r))?;
-            let cs_id: i64 = self.explain(r.get(23))?;
+            let cs_id: i64 = self.explain(r.get(FILE_COLS_LEN))?;
             if !cache.contains_key(&cs_id)
                 && let Some(cs) = self.changeset(cs_id)?
             {
@@ -1092,6 +1095,11 @@ mod tests {
         raw.status = 7;
         c.conn().execute(FILE_INSERT, params_from_iter(raw.values())).unwrap();
         assert!(format!("{:#}", c.entry_at(1, b"etc/passwd").unwrap_err()).contains("unknown file status 7"));
+    }
+
+    #[test]
+    fn file_cols_len_counts_file_cols() {
+        assert_eq!(FILE_COLS.split(',').count(), FILE_COLS_LEN);
     }
 
     #[test]

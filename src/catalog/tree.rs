@@ -11,7 +11,7 @@
 use anyhow::{Context, Result};
 use rusqlite::{OptionalExtension, params};
 
-use super::{Catalog, FILE_COLS, FileRow, LATEST, file_from_row, subtree_bounds};
+use super::{Catalog, FILE_COLS, FILE_COLS_LEN, FileRow, LATEST, file_from_row, subtree_bounds};
 
 /// The suffix of restore's temporary names (`.NAME.n2s-partial`).
 pub const PARTIAL_SUFFIX: &[u8] = b".n2s-partial";
@@ -90,7 +90,7 @@ impl Catalog {
         ))?;
         let mut rows = st.query(params![n])?;
         while let Some(r) = rows.next()? {
-            let (dev, ino): (i64, i64) = (r.get(21)?, r.get(22)?);
+            let (dev, ino): (i64, i64) = (r.get(FILE_COLS_LEN)?, r.get(FILE_COLS_LEN + 1)?);
             f(file_from_row(r)?, dev as u64, ino as u64)?;
         }
         Ok(())

@@ -106,10 +106,28 @@ pub trait ChangeSource {
 
 #[cfg(test)]
 pub(crate) mod testutil {
-    //! A prior state held in memory, for testing sources alone.
+    //! A prior state held in memory, for testing sources alone, and small
+    //! helpers the sources' tests share.
     use super::*;
     use crate::model::{ChangeKind, FileType, split_path};
     use std::collections::{BTreeMap, HashMap};
+
+    /// A shell command standing in for `btrfs send` or `zfs diff`.
+    pub fn sh(script: &str) -> std::process::Command {
+        let mut c = std::process::Command::new("sh");
+        c.arg("-c").arg(script);
+        c
+    }
+
+    /// Every path a sorter holds, in its order.
+    pub fn sorted(s: super::spill::PathSorter) -> Vec<Vec<u8>> {
+        let mut it = s.finish().unwrap();
+        let mut v = Vec::new();
+        while let Some(p) = it.next_path().unwrap() {
+            v.push(p);
+        }
+        v
+    }
 
     #[derive(Default)]
     pub struct MemPrior(pub BTreeMap<Vec<u8>, Metadata>);

@@ -495,3 +495,38 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// A run of the binary held at an `N2S_PAUSE` point (races made
+/// deterministic): spawned, then waited for until it reaches the point.
+pub struct Paused {
+    child: std::process::Child,
+    go: PathBuf,
+}
+
+pub fn run_paused(mut cmd: Command, point: &str, dir: &Path) -> Paused {
+    std::fs::create_dir_all(dir).expect("pause dir");
+    let reached = dir.join(format!("{point}.reached"));
+    let child = cmd
+        .env("N2S_PAUSE", point)
+        .env("N2S_PAUSE_DIR", dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn n2s-agent");
+    let t0 = std::time::Instant::now();
+    while !reached.exists() {
+        assert!(t0.elapsed().as_secs() < 120, "n2s-agent never reached {point}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Gone, so that the next run paused at the same point is seen too.
+    std::fs::remove_file(&reached).expect("remove the pause marker");
+    Paused { child, go: dir.join(format!("{point}.go")) }
+}
+
+impl Paused {
+    /// Let it (and every other run held at the same point) go on; its output.
+    pub fn release(self) -> Output {
+        std::fs::write(&self.go, b"").expect("release");
+        self.child.wait_with_output().expect("wait for n2s-agent")
+    }
+}

@@ -346,20 +346,7 @@ impl ChangeSource for BtrfsSource {
 mod tests {
     use super::*;
 
-    fn sh(script: &str) -> Command {
-        let mut c = Command::new("sh");
-        c.arg("-c").arg(script);
-        c
-    }
-
-    fn sorted(s: PathSorter) -> Vec<Vec<u8>> {
-        let mut it = s.finish().unwrap();
-        let mut v = Vec::new();
-        while let Some(p) = it.next_path().unwrap() {
-            v.push(p);
-        }
-        v
-    }
+    use crate::source::testutil::{sh, sorted};
 
     #[test]
     fn a_send_stream_is_parsed_as_it_arrives_while_stderr_is_drained() {
