@@ -281,3 +281,31 @@ fn a_flipped_bit_in_the_catalog_is_named_not_restored_around() {
     env.restore("d", "s", &t);
     assert_same_tree(&src, &t);
 }
+
+#[test]
+fn a_walk_of_many_sibling_directories_holds_one_descriptor_per_level() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    for i in 0..3000 {
+        let d = src.join(format!("d{i:04}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("f"), format!("{i}")).unwrap();
+    }
+    let mut c = walk_backup(&env, &src, "s");
+    // A hard limit of 256 descriptors: the walk used to open every pending
+    // sibling directory at once and lose those past the limit (EMFILE).
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        c.pre_exec(|| {
+            let lim = rustix::process::Rlimit { current: Some(256), maximum: Some(256) };
+            rustix::process::setrlimit(rustix::process::Resource::Nofile, lim).map_err(std::io::Error::from)
+        });
+    }
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out).lines().rev().take(3).collect::<Vec<_>>().join("\n"));
+    let t = env.path("t");
+    env.restore("d", "s", &t);
+    assert_same_tree(&src, &t);
+}

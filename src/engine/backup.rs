@@ -331,6 +331,7 @@ fn list_changes(
     for u in &report.unreadable {
         problems.push(format!("{}: {}", display_path(&u.path), u.error));
     }
+    problems.add_uncounted(report.unreadable_more);
     let repaired = match prior_at {
         Some(n) if !orphans.is_empty() => read_again_what_lost_packs_held(catalog, &reader, cs, n, &orphans)?,
         _ => 0,

@@ -62,7 +62,10 @@ pub trait SnapshotReader: Send {
 /// How the changes of a snapshot were found, for the catalog and `list`.
 pub struct ChangeReport {
     pub method: String,
+    /// The first paths that could not be looked at (at most
+    /// `util::BoundedList::CAP`), and how many more there were.
     pub unreadable: Vec<Unreadable>,
+    pub unreadable_more: u64,
 }
 
 pub trait ChangeSource {

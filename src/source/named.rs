@@ -91,7 +91,7 @@ pub fn changes_for_paths(
     candidates: PathSorter,
     skip: Option<fn(&Metadata) -> bool>,
     emit: &mut dyn FnMut(Change) -> Result<()>,
-) -> Result<Vec<Unreadable>> {
+) -> Result<(Vec<Unreadable>, u64)> {
     // First pass: what the named paths imply. A parent's mtime changes with
     // its entries. The stream says so with a utimes, but checking the parent
     // costs one stat, so check it anyway. And a diff names one path of a
@@ -140,7 +140,7 @@ pub fn changes_for_paths(
         let new = match stat_at(root, &path) {
             Ok(m) => m.filter(|m| !skip.is_some_and(|f| f(m))),
             Err(e) => {
-                walker.unreadable.push(Unreadable { path, error: format!("cannot stat: {e}") });
+                walker.note_unreadable(path, format!("cannot stat: {e}"));
                 continue;
             }
         };
@@ -185,14 +185,14 @@ pub fn changes_for_paths(
             }
         }
     }
-    Ok(walker.unreadable)
+    Ok((walker.unreadable, walker.unreadable_more))
 }
 
 fn walk_subtree(walker: &mut Walker, root: &Dir, path: &[u8]) -> Result<()> {
     match root.open_beneath(path) {
         Ok(d) => walker.walk_below(d, path.to_vec()),
         Err(e) => {
-            walker.unreadable.push(Unreadable { path: path.to_vec(), error: format!("cannot open: {e}") });
+            walker.note_unreadable(path.to_vec(), format!("cannot open: {e}"));
             Ok(())
         }
     }
@@ -223,7 +223,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert!(bad.is_empty(), "{bad:?}");
+        assert!(bad.0.is_empty() && bad.1 == 0, "{bad:?}");
         out
     }
 

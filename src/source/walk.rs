@@ -79,7 +79,10 @@ pub fn classify(prior: &Metadata, now: &Metadata) -> Option<ChangeKind> {
 pub struct Walker<'a> {
     pub prior: &'a dyn PriorState,
     pub emit: &'a mut dyn FnMut(Change) -> Result<()>,
+    /// What could not be looked at: the first `BoundedList::CAP`, and a
+    /// count of the rest (`note_unreadable`).
     pub unreadable: Vec<Unreadable>,
+    pub unreadable_more: u64,
     /// Entries that are not part of the dataset (a nested btrfs
     /// subvolume's stub): treated as absent.
     pub skip: Option<fn(&Metadata) -> bool>,
@@ -102,7 +105,18 @@ impl<'a> Walker<'a> {
         root: &Dir,
     ) -> Result<Walker<'a>> {
         let root_dev = device_of(root).context("cannot stat the root of the walk")?;
-        Ok(Walker { prior, emit, unreadable: Vec::new(), skip, root_dev })
+        Ok(Walker { prior, emit, unreadable: Vec::new(), unreadable_more: 0, skip, root_dev })
+    }
+
+    /// Report a path that could not be looked at; a million of them are
+    /// counted, not kept.
+    pub fn note_unreadable(&mut self, path: RelPath, error: String) {
+        if self.unreadable.len() < crate::util::BoundedList::CAP {
+            self.unreadable.push(Unreadable { path, error });
+        } else {
+            log::warn!("{}: {error}", display_path(&path));
+            self.unreadable_more += 1;
+        }
     }
 
     /// Emit the removal of every prior entry strictly below `path`.
@@ -125,8 +139,26 @@ impl<'a> Walker<'a> {
     /// Compare everything below `dir` (at `path`) with the prior tree. The
     /// directory itself is the caller's to compare.
     pub fn walk_below(&mut self, dir: Dir, path: RelPath) -> Result<()> {
-        let mut stack: Vec<(Dir, RelPath)> = vec![(dir, path)];
-        while let Some((dir, path)) = stack.pop() {
+        // Subdirectories wait on the stack by name and are opened only when
+        // their turn comes, so the walk holds one descriptor per level, not
+        // one per pending sibling (20,000 sibling directories ran out of
+        // descriptors).
+        enum Next {
+            Open(Dir, RelPath),
+            Child(std::rc::Rc<Dir>, Vec<u8>, RelPath),
+        }
+        let mut stack: Vec<Next> = vec![Next::Open(dir, path)];
+        while let Some(next) = stack.pop() {
+            let (dir, path) = match next {
+                Next::Open(d, p) => (d, p),
+                Next::Child(parent, name, child) => match parent.open_subdir(&name) {
+                    Ok(d) => (d, child),
+                    Err(e) => {
+                        self.note_unreadable(child, format!("cannot open: {e}"));
+                        continue;
+                    }
+                },
+            };
             match device_of(&dir) {
                 Ok(dev) if dev != self.root_dev => {
                     // Another file system is mounted here. What was below
@@ -141,7 +173,7 @@ impl<'a> Walker<'a> {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.unreadable.push(Unreadable { path: path.clone(), error: format!("cannot stat: {e}") });
+                    self.note_unreadable(path.clone(), format!("cannot stat: {e}"));
                     continue;
                 }
             }
@@ -149,7 +181,7 @@ impl<'a> Walker<'a> {
                 Ok(n) => n,
                 Err(e) => {
                     // Keep the prior state of what lies below: we cannot see it.
-                    self.unreadable.push(Unreadable { path: path.clone(), error: format!("cannot list: {e}") });
+                    self.note_unreadable(path.clone(), format!("cannot list: {e}"));
                     continue;
                 }
             };
@@ -170,7 +202,7 @@ impl<'a> Walker<'a> {
                         continue;
                     }
                     Err(e) => {
-                        self.unreadable.push(Unreadable { path: child, error: format!("cannot stat: {e}") });
+                        self.note_unreadable(child, format!("cannot stat: {e}"));
                         continue;
                     }
                 };
@@ -203,11 +235,9 @@ impl<'a> Walker<'a> {
                 self.removed_tree(p)?;
             }
             // Reverse so the stack pops directories in name order.
+            let dir = std::rc::Rc::new(dir);
             for (name, child) in subdirs.into_iter().rev() {
-                match dir.open_subdir(&name) {
-                    Ok(d) => stack.push((d, child)),
-                    Err(e) => self.unreadable.push(Unreadable { path: child, error: format!("cannot open: {e}") }),
-                }
+                stack.push(Next::Child(dir.clone(), name, child));
             }
         }
         Ok(())
@@ -250,7 +280,7 @@ impl ChangeSource for WalkSource {
         let mut w = Walker::new(prior, emit, self.skip, &root)
             .with_context(|| format!("cannot stat {}", snap.root.display()))?;
         w.walk_below(root, Vec::new())?;
-        Ok(ChangeReport { method: "walk".into(), unreadable: w.unreadable })
+        Ok(ChangeReport { method: "walk".into(), unreadable: w.unreadable, unreadable_more: w.unreadable_more })
     }
 
     fn reader(&self, snap: &SnapshotRef) -> Result<Box<dyn SnapshotReader>> {
@@ -281,7 +311,7 @@ pub fn walk_snapshot(
         None => "walk (first snapshot)".to_string(),
         Some(why) => format!("walk (fallback: {why})"),
     };
-    Ok(ChangeReport { method, unreadable: report.unreadable })
+    Ok(ChangeReport { method, unreadable: report.unreadable, unreadable_more: report.unreadable_more })
 }
 
 /// A reader for the files of a snapshot (or walked) directory.

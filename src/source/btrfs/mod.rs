@@ -165,7 +165,7 @@ impl BtrfsSource {
         snap: &SnapshotRef,
         prior: &dyn PriorState,
         emit: &mut dyn FnMut(Change) -> Result<()>,
-    ) -> Result<Vec<super::Unreadable>> {
+    ) -> Result<(Vec<super::Unreadable>, u64)> {
         let mut send = Command::new("btrfs");
         send.args(["send", "--no-data", "-q", "-p"]).arg(&base.r.root).arg(&snap.root);
         let candidates = send_stream_paths(send, PathSorter::new())?;
@@ -279,9 +279,9 @@ impl ChangeSource for BtrfsSource {
                 Some(format!("the previous snapshot {} is not read-only", base.r.name))
             }
             (Some(base), _) => match self.send_diff(base, snap, prior, emit) {
-                Ok(unreadable) => {
+                Ok((unreadable, unreadable_more)) => {
                     self.base = Some(this);
-                    return Ok(ChangeReport { method: "send".into(), unreadable });
+                    return Ok(ChangeReport { method: "send".into(), unreadable, unreadable_more });
                 }
                 Err(e) => {
                     log::warn!("{}: {e:#}; walking the snapshot instead", snap.name);

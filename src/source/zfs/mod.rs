@@ -256,9 +256,10 @@ impl ChangeSource for ZfsSource {
                     Ok(cands) => {
                         let root = Dir::open(&snap.root)
                             .with_context(|| format!("cannot open snapshot {}", snap.root.display()))?;
-                        let unreadable = super::named::changes_for_paths(prior, &root, cands, None, emit)?;
+                        let (unreadable, unreadable_more) =
+                            super::named::changes_for_paths(prior, &root, cands, None, emit)?;
                         self.base = Some(this);
-                        return Ok(ChangeReport { method: "zfs diff".into(), unreadable });
+                        return Ok(ChangeReport { method: "zfs diff".into(), unreadable, unreadable_more });
                     }
                     Err(e) => {
                         log::warn!("{}@{}: {e:#}; walking the snapshot instead", self.dataset, snap.name);
