@@ -92,6 +92,34 @@ pub struct ChangesetRow {
     pub manifest_key: Option<String>,
 }
 
+impl ChangesetRow {
+    /// A changeset with nothing counted yet and no manifest.
+    pub fn new(id: i64, uid: String, parent: Option<i64>, new: &NewChangeset, status: ChangesetStatus) -> Self {
+        ChangesetRow {
+            id,
+            uid,
+            parent,
+            snapshot: new.snapshot.to_string(),
+            source: new.source.to_string(),
+            identity: new.identity.to_string(),
+            method: new.method.to_string(),
+            kind: None,
+            status,
+            started_at: new.started_at,
+            listed_at: None,
+            completed_at: None,
+            n_added: 0,
+            n_modified: 0,
+            n_metadata: 0,
+            n_removed: 0,
+            n_failed: 0,
+            bytes_changed: 0,
+            bytes_uploaded: 0,
+            manifest_key: None,
+        }
+    }
+}
+
 const CS_COLS: &str = "id, uid, parent, snapshot, source, identity, method, kind, status, started_at, listed_at, \
      completed_at, n_added, n_modified, n_metadata, n_removed, n_failed, bytes_changed, bytes_uploaded, manifest_key, sum";
 
@@ -370,28 +398,7 @@ impl Catalog {
         let id = parent.map_or(1, |p| p + 1);
         let mut rnd = [0u8; 16];
         getrandom::fill(&mut rnd).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-        let row = ChangesetRow {
-            id,
-            uid: hex::encode(rnd),
-            parent,
-            snapshot: new.snapshot.to_string(),
-            source: new.source.to_string(),
-            identity: new.identity.to_string(),
-            method: new.method.to_string(),
-            kind: None,
-            status: ChangesetStatus::Pending,
-            started_at: new.started_at,
-            listed_at: None,
-            completed_at: None,
-            n_added: 0,
-            n_modified: 0,
-            n_metadata: 0,
-            n_removed: 0,
-            n_failed: 0,
-            bytes_changed: 0,
-            bytes_uploaded: 0,
-            manifest_key: None,
-        };
+        let row = ChangesetRow::new(id, hex::encode(rnd), parent, new, ChangesetStatus::Pending);
         Self::insert_changeset(&self.conn, &row, &self.path)?;
         self.changeset(id)?.context("changeset vanished after insert")
     }

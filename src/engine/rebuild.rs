@@ -239,28 +239,24 @@ fn row_of(h: &ManifestHeader, seq: i64, key: &str, status: ChangesetStatus) -> C
 fn record_damaged(cat: &mut Catalog, seq: u64, h: Option<&ManifestHeader>, why: &str, key: &str) -> Result<()> {
     let mut row = match h {
         Some(h) => row_of(h, seq as i64, key, ChangesetStatus::Damaged),
-        None => ChangesetRow {
-            id: seq as i64,
-            uid: format!("missing-{seq}"),
-            parent: (seq > 1).then_some(seq as i64 - 1),
-            snapshot: format!("#{seq} (manifest lost)"),
-            source: "unknown".into(),
-            identity: "{}".into(),
-            method: String::new(),
-            kind: None,
-            status: ChangesetStatus::Damaged,
-            started_at: 0,
-            listed_at: None,
-            completed_at: None,
-            n_added: 0,
-            n_modified: 0,
-            n_metadata: 0,
-            n_removed: 0,
-            n_failed: 0,
-            bytes_changed: 0,
-            bytes_uploaded: 0,
-            manifest_key: Some(key.to_string()),
-        },
+        None => {
+            let placeholder = crate::catalog::NewChangeset {
+                snapshot: &format!("#{seq} (manifest lost)"),
+                source: "unknown",
+                identity: "{}",
+                method: "",
+                started_at: 0,
+            };
+            let mut row = ChangesetRow::new(
+                seq as i64,
+                format!("missing-{seq}"),
+                (seq > 1).then_some(seq as i64 - 1),
+                &placeholder,
+                ChangesetStatus::Damaged,
+            );
+            row.manifest_key = Some(key.to_string());
+            row
+        }
     };
     row.method = format!("damaged: {why}");
     if cat.changeset_by_snapshot(&row.snapshot)?.is_some() {
