@@ -14,8 +14,8 @@ SEED=${N2S_SEED:-$(( $(date +%s) % 32768 ))}
 RANDOM=$SEED
 echo "seed $SEED (replay with N2S_SEED=$SEED)"
 W=$(mktemp -d /var/tmp/n2s-scn.XXXXXX)
-step() { printf '\n--- %s\n' "$*"; }
-fail() { echo "FAIL: $*" >&2; exit 1; }
+# shellcheck source=vm-tests/lib.bash
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.bash"
 
 # What a restore must reproduce, as text: type, mode, owner, link count (files),
 # size (files), mtime, symlink target, per path; the root's own too.
@@ -97,15 +97,7 @@ cleanup() {
 trap cleanup EXIT
 zfs create "$POOL/fs"
 FS=/$POOL/fs
-cat >"$W/agent.toml" <<EOT
-repo = "$W/repo"
-key_file = "$W/key"
-state_dir = "$W/state"
-[[dataset]]
-name = "$POOL/fs"
-source = "zfs"
-EOT
-N2S=(n2s-agent --config "$W/agent.toml")
+zfs_agent_config "$W" "$POOL"
 "${N2S[@]}" init
 
 step "10 snapshots with random mutations, backed up in three runs"

@@ -8,8 +8,8 @@
 set -euo pipefail
 OUT=${N2S_OUT:?run me through vm-tests/run}
 W=$(mktemp -d /var/tmp/n2s-inflight.XXXXXX)
-step() { printf '\n--- %s\n' "$*"; }
-fail() { echo "FAIL: $*" >&2; exit 1; }
+# shellcheck source=vm-tests/lib.bash
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.bash"
 same() { diff -r --no-dereference "$1" "$2" >/dev/null || fail "$2 differs from $1"; }
 
 modprobe zfs
@@ -19,15 +19,7 @@ zpool create -f -O mountpoint=/$POOL "$POOL" "$W/pool.img"
 trap 'zpool destroy -f "$POOL" 2>/dev/null || true; rm -rf "$W"' EXIT
 zfs create "$POOL/fs"
 FS=/$POOL/fs
-cat >"$W/agent.toml" <<EOT
-repo = "$W/repo"
-key_file = "$W/key"
-state_dir = "$W/state"
-[[dataset]]
-name = "$POOL/fs"
-source = "zfs"
-EOT
-N2S=(n2s-agent --config "$W/agent.toml")
+zfs_agent_config "$W" "$POOL"
 "${N2S[@]}" init
 held() { grep -q n2s-agent <<<"$(zfs holds -H "$POOL/fs@$1")"; }
 
