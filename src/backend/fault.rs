@@ -157,6 +157,16 @@ impl Backend for FaultBackend {
         self.check(Op::Delete, key)?;
         self.inner.delete(key)
     }
+    fn delete_many(&self, keys: &[String]) -> BResult<()> {
+        self.check(Op::Delete, keys.first().map_or("", |k| k.as_str()))?;
+        self.inner.delete_many(keys)
+    }
+    fn is_remote(&self) -> bool {
+        self.inner.is_remote()
+    }
+    fn cleanup_interrupted(&self) -> BResult<u64> {
+        self.inner.cleanup_interrupted()
+    }
 }
 
 #[cfg(test)]

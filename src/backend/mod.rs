@@ -11,6 +11,8 @@ pub mod fault;
 pub mod local;
 pub mod memory;
 pub mod retry;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 #[derive(Debug)]
 pub enum BackendError {
@@ -68,6 +70,51 @@ pub trait Backend: Send + Sync {
     /// The size of an object, or `None` when it does not exist.
     fn stat(&self, key: &str) -> BResult<Option<u64>>;
     fn delete(&self, key: &str) -> BResult<()>;
+    /// Delete many objects (S3 batches them, 1000 a request). Decorators
+    /// must forward it.
+    fn delete_many(&self, keys: &[String]) -> BResult<()> {
+        keys.iter().try_for_each(|k| self.delete(k))
+    }
+    /// Whether a request costs a network round trip (then more of them are
+    /// kept in flight).
+    fn is_remote(&self) -> bool {
+        false
+    }
+    /// Remove what interrupted runs left that bills or takes space but is no
+    /// object (S3: multipart uploads started over an hour ago). Returns how
+    /// many were removed. Decorators must forward it.
+    fn cleanup_interrupted(&self) -> BResult<u64> {
+        Ok(0)
+    }
+}
+
+/// How to reach an S3 repository: `[s3]` in the config file and the
+/// `--s3-*` flags. (Plain data, so the CLI builds without the S3 feature.)
+#[derive(Clone, Debug, Default)]
+pub struct S3Settings {
+    /// The endpoint URL (for anything but AWS itself); AWS_ENDPOINT_URL
+    /// also works.
+    pub endpoint: Option<String>,
+    /// The region; AWS_REGION also works; else us-east-1.
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most servers
+    /// other than AWS need.
+    pub path_style: bool,
+    /// The storage class of packs (`data/`): STANDARD_IA, GLACIER_IR,
+    /// INTELLIGENT_TIERING... Everything else (config, manifests, indexes),
+    /// read on every run, stays STANDARD.
+    pub pack_storage_class: Option<String>,
+    /// Objects larger than this many bytes go up in parts (at least 5 MiB).
+    pub multipart_threshold: Option<u64>,
+    /// Seconds one request may take before it counts as failed (and is
+    /// retried by the retry decorator).
+    pub request_timeout_secs: Option<u64>,
+}
+
+/// Everything a backend may need besides its URL.
+#[derive(Clone, Debug, Default)]
+pub struct BackendSettings {
+    pub s3: S3Settings,
 }
 
 /// Keys are `/`-separated names of `[A-Za-z0-9._-]`, never `.` or `..`:
@@ -87,7 +134,12 @@ pub fn check_key(key: &str) -> BResult<()> {
 /// run uses: bounded retries of transient failures, and (tests only) the
 /// fault injection that `N2S_FAULT_BACKEND` asks for, beneath the retries.
 pub fn open(url: &str) -> anyhow::Result<std::sync::Arc<dyn Backend>> {
-    let mut b: std::sync::Arc<dyn Backend> = std::sync::Arc::from(open_url(url)?);
+    open_with(url, &BackendSettings::default())
+}
+
+/// `open`, with the settings of the backend the URL names.
+pub fn open_with(url: &str, settings: &BackendSettings) -> anyhow::Result<std::sync::Arc<dyn Backend>> {
+    let mut b: std::sync::Arc<dyn Backend> = std::sync::Arc::from(open_url_with(url, settings)?);
     if let Ok(spec) = std::env::var("N2S_FAULT_BACKEND") {
         b = std::sync::Arc::new(fault::FaultBackend::new(b, fault::FaultRule::parse_list(&spec)?));
     }
@@ -102,6 +154,19 @@ pub fn open(url: &str) -> anyhow::Result<std::sync::Arc<dyn Backend>> {
 
 /// Open the bare backend a repository URL names.
 pub fn open_url(url: &str) -> anyhow::Result<Box<dyn Backend>> {
+    open_url_with(url, &BackendSettings::default())
+}
+
+pub fn open_url_with(url: &str, settings: &BackendSettings) -> anyhow::Result<Box<dyn Backend>> {
+    if url.starts_with("s3://") {
+        #[cfg(feature = "s3")]
+        return Ok(Box::new(s3::S3Backend::open(url, &settings.s3)?));
+        #[cfg(not(feature = "s3"))]
+        anyhow::bail!(
+            "repository URL {url:?}: this n2s-agent was built without S3 support: rebuild it with the `s3` cargo feature (on by default)"
+        );
+    }
+    let _ = settings;
     let path = if let Some(rest) = url.strip_prefix("file://") {
         rest
     } else if url.starts_with('/') {

@@ -95,6 +95,15 @@ impl Backend for RetryBackend {
     fn delete(&self, key: &str) -> BResult<()> {
         self.run("deleting", key, || self.inner.delete(key))
     }
+    fn delete_many(&self, keys: &[String]) -> BResult<()> {
+        self.run("deleting", &format!("{} objects", keys.len()), || self.inner.delete_many(keys))
+    }
+    fn is_remote(&self) -> bool {
+        self.inner.is_remote()
+    }
+    fn cleanup_interrupted(&self) -> BResult<u64> {
+        self.run("cleaning up", "interrupted uploads", || self.inner.cleanup_interrupted())
+    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,23 @@ pub struct DatasetConfig {
     pub diff_timeout_secs: Option<u64>,
 }
 
+/// `[s3]`: how to reach an s3:// repository.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+    /// Storage class of packs: STANDARD (default), STANDARD_IA, GLACIER_IR,
+    /// INTELLIGENT_TIERING, ONEZONE_IA. Config, manifests and indexes stay
+    /// STANDARD: every run reads them.
+    pub pack_storage_class: Option<String>,
+    /// Objects larger than this go up in parts (default 64, at least 5).
+    pub multipart_threshold_mb: Option<u64>,
+    /// Seconds a request may take before it is retried (default 120).
+    pub request_timeout_secs: Option<u64>,
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -49,6 +66,7 @@ pub struct FileConfig {
     /// Exit 1 when a file of a walked (live) directory changed while it
     /// was read (default false: a warning; snapshots never change).
     pub fail_on_changed_files: Option<bool>,
+    pub s3: Option<S3Config>,
     #[serde(default)]
     pub dataset: Vec<DatasetConfig>,
 }
@@ -105,6 +123,7 @@ pub struct Settings {
     pub repo: String,
     pub key_file: PathBuf,
     pub state_dir: PathBuf,
+    pub backend: crate::backend::BackendSettings,
     pub file: FileConfig,
 }
 
@@ -122,7 +141,18 @@ impl Settings {
         })?;
         let state_dir =
             g.state_dir.clone().or_else(|| file.state_dir.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        Ok(Settings { repo, key_file, state_dir, file })
+        let s3 = file.s3.clone().unwrap_or_default();
+        let backend = crate::backend::BackendSettings {
+            s3: crate::backend::S3Settings {
+                endpoint: g.s3_endpoint.clone().or(s3.endpoint),
+                region: g.s3_region.clone().or(s3.region),
+                path_style: g.s3_path_style || s3.path_style.unwrap_or(false),
+                pack_storage_class: s3.pack_storage_class,
+                multipart_threshold: s3.multipart_threshold_mb.map(|mb| mb.max(5) << 20),
+                request_timeout_secs: s3.request_timeout_secs,
+            },
+        };
+        Ok(Settings { repo, key_file, state_dir, backend, file })
     }
 }
 

@@ -71,6 +71,16 @@ pub struct GlobalArgs {
     /// Only warnings and errors on stderr.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// S3 endpoint URL, for servers other than AWS (also AWS_ENDPOINT_URL).
+    #[arg(long, global = true, env = "N2S_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (also AWS_REGION; default us-east-1).
+    #[arg(long, global = true, env = "N2S_S3_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// Path-style S3 addressing (endpoint/bucket/key), which most servers
+    /// other than AWS need.
+    #[arg(long, global = true, env = "N2S_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
 }
 
 #[derive(Subcommand)]
@@ -114,7 +124,7 @@ impl Ctx {
     pub fn open(g: &GlobalArgs) -> Result<Ctx> {
         let settings = config::Settings::resolve(g)?;
         let key = MasterKey::load(&settings.key_file)?;
-        let backend = crate::backend::open(&settings.repo)?;
+        let backend = crate::backend::open_with(&settings.repo, &settings.backend)?;
         let repo = Arc::new(Repository::open(backend, &key)?);
         let state = StatePaths::new(&settings.state_dir, &repo.config.id)?;
         // Paths a snapshot diff names are sorted on disk past a memory budget.

@@ -9,6 +9,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod s3;
+
 use n2s_agent::fsx::Dir;
 use n2s_agent::model::{FileType, display_path, join_path};
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -23,9 +25,22 @@ pub fn bin() -> std::ffi::OsString {
 
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// The local repository's directory (local repositories only).
     pub repo: PathBuf,
     pub key: PathBuf,
     pub state: PathBuf,
+    /// The repository URL when it is not `repo` (s3://...).
+    pub url: Option<String>,
+    /// Environment the agent needs for that repository (S3 credentials...).
+    pub extra: Vec<(String, String)>,
+}
+
+/// Where a test's repository lives: the parametrised suites run one test
+/// body on each.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    Local,
+    S3(s3::Kind),
 }
 
 impl Env {
@@ -35,7 +50,24 @@ impl Env {
         let key = dir.path().join("key");
         let state = dir.path().join("state");
         std::fs::write(dir.path().join("empty.toml"), "").expect("empty config");
-        Env { dir, repo, key, state }
+        Env { dir, repo, key, state, url: None, extra: Vec::new() }
+    }
+
+    /// An environment whose repository is on `target` (a fresh bucket for
+    /// S3), or None when that server is not installed (said loudly; CI
+    /// fails instead).
+    pub fn on(target: Target) -> Option<Env> {
+        let mut env = Env::new();
+        if let Target::S3(kind) = target {
+            let server = s3::server(kind)?;
+            env.url = Some(format!("s3://{}/repo", server.bucket()));
+            env.extra = server.env();
+        }
+        Some(env)
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.url.is_none()
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -47,11 +79,12 @@ impl Env {
         let mut c = Command::new(bin());
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("N2S_REPO", &self.repo)
+            .env("N2S_REPO", self.url.as_ref().map_or(self.repo.as_os_str(), |u| OsStr::new(u.as_str())))
             .env("N2S_KEY_FILE", &self.key)
             .env("N2S_STATE_DIR", &self.state)
             // An empty config of our own: never the machine's /etc/n2s/agent.toml.
             .env("N2S_CONFIG", self.dir.path().join("empty.toml"));
+        c.envs(self.extra.iter().map(|(k, v)| (k, v)));
         c
     }
 
