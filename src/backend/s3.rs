@@ -104,7 +104,10 @@ fn pack_class(name: &str) -> anyhow::Result<StorageClass> {
     }
     let known = ["STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "REDUCED_REDUNDANCY"];
     if !known.contains(&upper.as_str()) {
-        anyhow::bail!("[s3] pack_storage_class {name:?} is not a storage class this agent knows: use one of {}", known.join(", "));
+        anyhow::bail!(
+            "[s3] pack_storage_class {name:?} is not a storage class this agent knows: use one of {}",
+            known.join(", ")
+        );
     }
     Ok(StorageClass::from(upper.as_str()))
 }
@@ -194,24 +197,27 @@ impl S3Backend {
                     .unwrap_or_default();
                 let code = e.code().unwrap_or("").to_string();
                 let msg = e.message().unwrap_or("").to_string();
-                let detail = format!("{status} {code}{}", if msg.is_empty() { String::new() } else { format!(": {msg}") });
+                let detail =
+                    format!("{status} {code}{}", if msg.is_empty() { String::new() } else { format!(": {msg}") });
                 match (status, code.as_str()) {
                     (_, "NoSuchBucket") => BackendError::Other(anyhow::anyhow!(
                         "the bucket {b} does not exist at {}: create it, or fix the bucket in the repository URL",
                         self.endpoint
                     )),
                     (404, _) | (_, "NoSuchKey") | (_, "NotFound") => BackendError::NotFound(key.to_string()),
-                    (301, _) | (_, "PermanentRedirect") | (_, "AuthorizationHeaderMalformed") | (_, "IllegalLocationConstraintException") => {
-                        BackendError::Other(anyhow::anyhow!(
-                            "the bucket {b} is in another region than the one the agent used{region_hint}: set `region` in [s3], --s3-region or AWS_REGION ({detail})"
-                        ))
-                    }
+                    (301, _)
+                    | (_, "PermanentRedirect")
+                    | (_, "AuthorizationHeaderMalformed")
+                    | (_, "IllegalLocationConstraintException") => BackendError::Other(anyhow::anyhow!(
+                        "the bucket {b} is in another region than the one the agent used{region_hint}: set `region` in [s3], --s3-region or AWS_REGION ({detail})"
+                    )),
                     (403, _) | (_, "AccessDenied") | (_, "InvalidAccessKeyId") | (_, "SignatureDoesNotMatch") => {
                         BackendError::Other(anyhow::anyhow!(
                             "S3 refused {what} {key} in bucket {b} ({detail}): check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the AWS profile) and the bucket's policy"
                         ))
                     }
-                    (429 | 500..=599, _) | (_, "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable") => {
+                    (429 | 500..=599, _)
+                    | (_, "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable") => {
                         BackendError::Transient(anyhow::anyhow!("S3 {what} {key} failed ({detail})"))
                     }
                     (409, _) => BackendError::Transient(anyhow::anyhow!("S3 {what} {key} conflicted ({detail})")),
@@ -227,7 +233,9 @@ impl S3Backend {
                 self.endpoint,
                 d.as_connector_error().map(|c| c.to_string())
             )),
-            _ => BackendError::Other(anyhow::anyhow!("S3 {what} {key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e))),
+            _ => {
+                BackendError::Other(anyhow::anyhow!("S3 {what} {key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)))
+            }
         }
     }
 
@@ -314,7 +322,11 @@ impl S3Backend {
                     .map_err(|e| self.map_err("uploading a part of", key, e))?;
                 self.counts.bytes_up.fetch_add(part.len() as u64, Ordering::Relaxed);
                 parts.push(
-                    CompletedPart::builder().part_number(n).set_e_tag(r.e_tag().map(str::to_string)).checksum_crc32_c(sum).build(),
+                    CompletedPart::builder()
+                        .part_number(n)
+                        .set_e_tag(r.e_tag().map(str::to_string))
+                        .checksum_crc32_c(sum)
+                        .build(),
                 );
             }
             let mut done = self

@@ -60,7 +60,7 @@ impl Env {
         let mut env = Env::new();
         if let Target::S3(kind) = target {
             let server = s3::server(kind)?;
-            env.url = Some(format!("s3://{}/repo", server.bucket()));
+            env.url = Some(server.new_location());
             env.extra = server.env();
         }
         Some(env)

@@ -31,6 +31,7 @@ pub struct Server {
     pub kind: Kind,
     pub endpoint: String,
     port: u16,
+    bucket: OnceLock<String>,
 }
 
 pub fn venv_bin(name: &str) -> PathBuf {
@@ -120,6 +121,9 @@ fn start(kind: Kind) -> Option<Server> {
                 .arg("-master.telemetry=false")
                 .arg(format!("-dir={}", dir.display()))
                 .arg("-master.volumeSizeLimitMB=64")
+                // As many volumes as the disk allows: each bucket is a
+                // collection of its own, and the default cap runs out.
+                .arg("-volume.max=0")
                 .arg(format!("-master.port={m}"))
                 .arg(format!("-volume.port={v}"))
                 .arg("-filer")
@@ -143,7 +147,7 @@ fn start(kind: Kind) -> Option<Server> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Some(Server { kind, endpoint: format!("http://127.0.0.1:{port}"), port })
+    Some(Server { kind, endpoint: format!("http://127.0.0.1:{port}"), port, bucket: OnceLock::new() })
 }
 
 /// The server of this kind for this test binary (started on first use), or
@@ -159,15 +163,21 @@ pub fn server(kind: Kind) -> Option<&'static Server> {
 }
 
 impl Server {
-    /// A new, empty bucket.
-    pub fn bucket(&self) -> String {
+    /// A repository location of its own under this server's one test
+    /// bucket (SeaweedFS gives each bucket volumes of its own: one bucket
+    /// for a whole test binary keeps it quick).
+    pub fn new_location(&self) -> String {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let name = format!("n2s-{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        let bucket = self.bucket.get_or_init(|| self.make_bucket(&format!("n2s-test-{}", std::process::id())));
+        format!("s3://{bucket}/t{}", N.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+    }
+
+    fn make_bucket(&self, name: &str) -> String {
         let t0 = Instant::now();
         loop {
             // SeaweedFS may refuse for a moment after it starts.
             match http(self.port, "PUT", &format!("/{name}")) {
-                Ok(200) => return name,
+                Ok(200) => return name.to_string(),
                 other if t0.elapsed() > Duration::from_secs(30) => {
                     panic!("cannot create bucket {name} on {}: {other:?}", self.kind.name())
                 }

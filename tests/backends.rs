@@ -1,0 +1,216 @@
+//! The end-to-end suite, one test body per feature, run on every backend:
+//! a local directory, and S3 on two independent real servers (moto and
+//! SeaweedFS, started on 127.0.0.1 by the tests). A backend that passes
+//! these does everything the CLI promises.
+
+mod common;
+use common::s3::Kind;
+use common::*;
+
+use std::path::Path;
+
+/// Generates, for each test body, one #[test] per backend.
+macro_rules! on_every_backend {
+    ($($body:ident),* $(,)?) => {$(
+        mod $body {
+            use super::*;
+            #[test]
+            fn local() {
+                if let Some(env) = Env::on(Target::Local) {
+                    super::$body(&env)
+                }
+            }
+            #[test]
+            fn s3_moto() {
+                if let Some(env) = Env::on(Target::S3(Kind::Moto)) {
+                    super::$body(&env)
+                }
+            }
+            #[test]
+            fn s3_seaweedfs() {
+                if let Some(env) = Env::on(Target::S3(Kind::SeaweedFs)) {
+                    super::$body(&env)
+                }
+            }
+        }
+    )*};
+}
+
+on_every_backend!(
+    a_series_of_snapshots_backs_up_and_restores_and_every_read_verb_answers,
+    with_only_the_repository_and_the_key_everything_comes_back,
+    listing_crosses_the_thousand_key_page,
+    a_fifth_of_requests_failing_costs_nothing,
+    every_request_failing_is_a_clean_error_and_stores_nothing_complete,
+);
+
+fn json(env: &Env, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&env.ok(args)).unwrap_or_else(|e| panic!("{args:?} did not print JSON: {e}"))
+}
+
+fn a_series_of_snapshots_backs_up_and_restores_and_every_read_verb_answers(env: &Env) {
+    env.init();
+    let src = env.path("src");
+    let mut rng = Rng(seed_from_env_or_time());
+    eprintln!("seed {} (replay with N2S_SEED)", rng.0);
+    std::fs::create_dir_all(src.join("dir-a/sub")).unwrap();
+    for i in 0..30 {
+        let n = rng.below(200_000) as usize;
+        std::fs::write(src.join(format!("dir-a/f{i}")), rng.bytes(n)).unwrap();
+    }
+    std::fs::write(src.join("dir-a/sub/needle.txt"), b"needle").unwrap();
+    let mut copies = Vec::new();
+    for step in 0..4 {
+        if step > 0 {
+            for _ in 0..5 {
+                mutate_tree(&src, &mut rng, step);
+            }
+        }
+        env.backup("ds", &src, &format!("s{step}"));
+        let copy = env.path(&format!("copy{step}"));
+        copy_tree(&src, &copy);
+        copies.push(copy);
+    }
+    for (step, copy) in copies.iter().enumerate() {
+        let t = env.path(&format!("restored{step}"));
+        env.restore("ds", &format!("s{step}"), &t);
+        assert_same_tree(copy, &t);
+    }
+    let list = env.list_json("ds");
+    assert_eq!(list["changesets"].as_array().unwrap().len(), 4);
+    let ls = json(env, &["ls", "s0", "--dataset", "ds", "--json"]);
+    assert!(ls.to_string().contains("needle.txt"), "{ls}");
+    let hits = json(env, &["search", "needle", "--json"]);
+    assert!(!hits["matches"].as_array().unwrap().is_empty(), "{hits}");
+    let status = json(env, &["status", "--json"]);
+    assert_eq!(status["datasets"][0]["last_backed_up"], "s3", "{status}");
+    for level in ["quick", "standard", "full"] {
+        let v = json(env, &["verify", "--level", level, "--json"]);
+        assert_eq!(v["ok"], true, "verify {level}: {v}");
+    }
+    // One file alone.
+    let t = env.path("one");
+    env.ok(["restore", "s0", "--dataset", "ds", "--path", "dir-a/sub/needle.txt", "--target"]
+        .map(std::ffi::OsStr::new)
+        .into_iter()
+        .chain([t.as_os_str()]));
+    assert_eq!(std::fs::read(t.join("dir-a/sub/needle.txt")).unwrap(), b"needle");
+}
+
+fn with_only_the_repository_and_the_key_everything_comes_back(env: &Env) {
+    std::fs::write(env.path("empty.toml"), "checkpoint_every = 2\n").unwrap();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut rng = Rng(7);
+    let mut copies = Vec::new();
+    for step in 0..3 {
+        std::fs::write(src.join(format!("f{step}")), rng.bytes(80_000)).unwrap();
+        env.backup("dr", &src, &format!("s{step}"));
+        let c = env.path(&format!("c{step}"));
+        copy_tree(&src, &c);
+        copies.push(c);
+    }
+    std::fs::remove_dir_all(&env.state).unwrap();
+    env.ok(["catalog", "rebuild"]);
+    for (i, c) in copies.iter().enumerate() {
+        let t = env.path(&format!("r{i}"));
+        env.restore("dr", &format!("s{i}"), &t);
+        assert_same_tree(c, &t);
+    }
+    // A bare machine restores, and backs up on from where the history ends.
+    std::fs::remove_dir_all(&env.state).unwrap();
+    let t = env.path("bare");
+    env.restore("dr", "s1", &t);
+    assert_same_tree(&copies[1], &t);
+    std::fs::remove_dir_all(&env.state).unwrap();
+    let out = env.backup("dr", &src, "s3");
+    assert!(out.contains("changeset 4") && out.contains("read 0 B"), "{out}");
+}
+
+fn listing_crosses_the_thousand_key_page(env: &Env) {
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut rng = Rng(3);
+    // Each file larger than a 4 KiB pack: one pack per file, 1100 packs.
+    for i in 0..1100 {
+        std::fs::write(src.join(format!("f{i:04}")), rng.bytes(5000)).unwrap();
+    }
+    let out = env.backup_small_packs("many", &src, "s", 4);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(env, &["verify", "--level", "quick", "--json"]);
+    assert!(v["packs"].as_u64().unwrap() >= 1100, "every pack listed: {v}");
+    assert_eq!(v["ok"], true, "{v}");
+    // A rebuild finds them all too.
+    std::fs::remove_dir_all(&env.state).unwrap();
+    let r = json(env, &["catalog", "rebuild", "--json"]);
+    assert!(r["packs_indexed"].as_u64().unwrap() >= 1100, "{r}");
+    let t = env.path("t");
+    env.restore("many", "s", &t);
+    assert_same_tree(&src, &t);
+}
+
+fn some_files(src: &Path, n: usize, seed: u64) {
+    std::fs::create_dir_all(src).unwrap();
+    let mut rng = Rng(seed);
+    for i in 0..n {
+        std::fs::write(src.join(format!("f{i:03}")), rng.bytes(30_000 + i * 100)).unwrap();
+    }
+}
+
+fn a_fifth_of_requests_failing_costs_nothing(env: &Env) {
+    env.init();
+    let src = env.path("src");
+    some_files(&src, 40, 11);
+    // Every fifth request of every kind fails transiently: retries absorb it.
+    let out = env
+        .cmd()
+        .env("N2S_FAULT_BACKEND", "any:transient:every:5")
+        .env("N2S_RETRY_BASE_MS", "1")
+        .env("N2S_PACK_SIZE_KB", "64")
+        .args(["backup", "--dataset", "f", "--source", "walk", "--path"])
+        .arg(&src)
+        .args(["--snapshot", "s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let t = env.path("t");
+    let out = env
+        .cmd()
+        .env("N2S_FAULT_BACKEND", "any:transient:every:5")
+        .env("N2S_RETRY_BASE_MS", "1")
+        .args(["restore", "s", "--dataset", "f", "--target"])
+        .arg(&t)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_tree(&src, &t);
+}
+
+fn every_request_failing_is_a_clean_error_and_stores_nothing_complete(env: &Env) {
+    env.init();
+    let src = env.path("src");
+    some_files(&src, 10, 12);
+    let out = env
+        .cmd()
+        .env("N2S_FAULT_BACKEND", "put:transient:after:0")
+        .env("N2S_RETRY_BASE_MS", "1")
+        .args(["backup", "--dataset", "f", "--source", "walk", "--path"])
+        .arg(&src)
+        .args(["--snapshot", "s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let last = stderr(&out).trim().lines().last().unwrap_or("").to_string();
+    assert!(last.starts_with("n2s-agent: error: ") && last.contains("still failing"), "{}", stderr(&out));
+    // Nothing claims to be complete: the repository holds no changeset.
+    std::fs::remove_dir_all(&env.state).unwrap();
+    let list = json(env, &["list", "--json"]);
+    assert!(list["changesets"].as_array().unwrap().is_empty(), "{list}");
+    // And once the backend works again, the backup completes.
+    env.backup("f", &src, "s");
+    let t = env.path("t");
+    env.restore("f", "s", &t);
+    assert_same_tree(&src, &t);
+}
