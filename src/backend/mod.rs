@@ -109,6 +109,10 @@ pub struct S3Settings {
     /// Seconds one request may take before it counts as failed (and is
     /// retried by the retry decorator).
     pub request_timeout_secs: Option<u64>,
+    /// Access key id and secret, for programs that use the library. The
+    /// agent itself never sets them: it takes credentials from the standard
+    /// AWS chain (environment, profile, web identity, instance metadata).
+    pub credentials: Option<(String, String)>,
 }
 
 /// Everything a backend may need besides its URL.

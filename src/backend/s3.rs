@@ -142,6 +142,15 @@ impl S3Backend {
             // Without a region anywhere, the SDK refuses to sign; a custom
             // endpoint (MinIO, SeaweedFS...) rarely cares which.
             loader = loader.region(aws_config::Region::new(region.clone().unwrap_or_else(|| "us-east-1".into())));
+            if let Some((id, secret)) = &settings.credentials {
+                loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                    id.clone(),
+                    secret.clone(),
+                    None,
+                    None,
+                    "n2s-library",
+                ));
+            }
             loader.load().await
         });
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk_config)
@@ -378,6 +387,19 @@ impl S3Backend {
                     .map_err(|e| self.map_err("listing multipart uploads in", "", e))?;
                 for u in page.uploads() {
                     let started = u.initiated().and_then(|t| std::time::SystemTime::try_from(*t).ok());
+                    // A server that reports a start long before this agent
+                    // existed (moto says 2010 for every upload) cannot tell
+                    // an abandoned upload from another agent's running one:
+                    // leave those alone.
+                    let plausible = std::time::UNIX_EPOCH + Duration::from_secs(1_577_836_800); // 2020-01-01
+                    if started.is_some_and(|s| s < plausible) {
+                        log::debug!(
+                            "not aborting the upload of {:?}: the server says it began {:?}",
+                            u.key(),
+                            u.initiated()
+                        );
+                        continue;
+                    }
                     if started.is_some_and(|s| s < cutoff)
                         && let (Some(k), Some(id)) = (u.key(), u.upload_id())
                     {
@@ -418,7 +440,10 @@ impl Backend for S3Backend {
     }
 
     fn cleanup_interrupted(&self) -> BResult<u64> {
-        self.abort_stale_uploads(Duration::from_secs(3600))
+        // An hour: a younger upload may be another agent's, still running.
+        // (Tests shorten it; nothing else may.)
+        let secs = std::env::var("N2S_S3_STALE_UPLOAD_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(3600);
+        self.abort_stale_uploads(Duration::from_secs(secs))
     }
 
     fn delete_many(&self, keys: &[String]) -> BResult<()> {

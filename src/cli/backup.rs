@@ -179,6 +179,13 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
     if let Some(n) = ctx.settings.file.checkpoint_every {
         opts.checkpoint_every = n.max(1);
     }
+    // What an interrupted run left behind (S3: multipart uploads) would
+    // bill forever: remove it, once per run.
+    match ctx.repo.backend.cleanup_interrupted() {
+        Ok(0) => {}
+        Ok(n) => log::info!("removed {n} interrupted uploads left by an earlier run"),
+        Err(e) => log::warn!("cannot clean up interrupted uploads: {e}"),
+    }
     let mut all = Vec::new();
     let mut abandoned = Vec::new();
     let mut errors = Vec::new();

@@ -150,6 +150,7 @@ impl Settings {
                 pack_storage_class: s3.pack_storage_class,
                 multipart_threshold: s3.multipart_threshold_mb.map(|mb| mb.max(5) << 20),
                 request_timeout_secs: s3.request_timeout_secs,
+                credentials: None,
             },
         };
         Ok(Settings { repo, key_file, state_dir, backend, file })
