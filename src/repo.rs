@@ -2,7 +2,8 @@
 //!
 //! Layout (docs/FORMAT.md): `config` (plain JSON, with a sealed copy of its
 //! parameters), `config.sealed` (the whole config, sealed), `data/XX/<pack id>`,
-//! `segments/<hash>`, `manifests/<dataset id>/<seq>-<changeset id>`.
+//! `segments/<hash>`, `index/<hash>` (pack summaries, core/packsummary.rs),
+//! `manifests/<dataset id>/<seq>`.
 //! Only `config` is readable without the key; no object key carries a file
 //! or dataset name.
 
@@ -861,6 +862,44 @@ mod tests {
         r2.restore_config_object().unwrap();
         assert_eq!(b.get(CONFIG_KEY, None).unwrap(), body);
         assert!(Repository::open(b.clone(), &k).unwrap().config_problem.is_none());
+    }
+
+    /// Summaries cut at MAX_PACKS, are written once, and a fresh index is
+    /// rebuilt from them alone; a pack that a summary names but the backend
+    /// does not hold is not indexed.
+    #[test]
+    fn summaries_are_batched_written_once_and_read_back() {
+        use crate::core::pack::{KIND_DATA, PackBuilder};
+        let b: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let k = MasterKey::generate().unwrap();
+        let r = Repository::init(b.clone(), &k).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut ix = ChunkIndex::open(&dir.path().join("a.sqlite")).unwrap();
+        let n = packsummary::MAX_PACKS + 3;
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let plain = format!("chunk {i}").into_bytes();
+            let id = r.keys.chunk_id(&plain);
+            let mut pb = PackBuilder::new(4096);
+            pb.add(id, KIND_DATA, plain.len() as u32, &pack::seal_chunk(&r.sealer, &id, &plain));
+            let p = pb.finish(&r.sealer);
+            r.put(&p.id.object_key(), &p.bytes).unwrap();
+            ix.add_pack(&p.id, p.bytes.len() as u64, &p.entries, 1).unwrap();
+            ids.push(p.id);
+        }
+        let w = r.write_summaries(&mut ix).unwrap();
+        assert_eq!((w.summaries, w.packs), (2, n), "{w:?}");
+        assert_eq!(r.write_summaries(&mut ix).unwrap().summaries, 0, "every pack is covered now");
+        assert_eq!(r.sync_index_report(&mut ix).unwrap().requests.gets, 0, "its own summaries are known");
+        // One pack goes away; a fresh index learns the others from 2 GETs.
+        b.delete(&ids[5].object_key()).unwrap();
+        let mut fresh = ChunkIndex::open(&dir.path().join("b.sqlite")).unwrap();
+        let s = r.sync_index_report(&mut fresh).unwrap();
+        assert_eq!((s.packs_added, s.pack_indexes_read, s.summary_packs_absent), (n - 1, 0, 1), "{s:?}");
+        assert_eq!((s.requests.gets, s.requests.lists), (2, 2));
+        assert!(!fresh.has_pack(&ids[5]).unwrap() && fresh.has_pack(&ids[6]).unwrap());
+        assert_eq!(fresh.pack_entries(&ids[6]).unwrap(), ix.pack_entries(&ids[6]).unwrap());
+        assert!(fresh.unsummarized_packs().unwrap().is_empty(), "what it read from summaries is covered");
     }
 
     /// A repair of sound objects touches nothing (a delete and a put would

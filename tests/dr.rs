@@ -305,3 +305,49 @@ fn a_summary_naming_a_pack_that_is_not_there_adds_nothing() {
         assert!(line.contains(&pack.object_key()) && line.contains("not in the repository"), "{line}");
     }
 }
+
+#[test]
+fn where_a_summary_and_its_pack_disagree_the_pack_wins() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut rng = Rng(78);
+    for i in 0..6 {
+        std::fs::write(src.join(format!("f{i}")), rng.bytes(20_000)).unwrap();
+    }
+    let o = env.backup_small_packs("dr", &src, "s", PACK_KB);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (repo, _) = open_counted(&env);
+    let real = repo.list_summaries().unwrap();
+    assert_eq!(real.len(), 1, "{real:?}");
+    let target = repo.read_summary(&real[0]).unwrap().remove(0);
+    // A summary, sealed with the key, that puts the pack's first blob 8
+    // bytes further on: it decodes, but it is not what the pack says.
+    let mut wrong = target.entries.clone();
+    wrong[0].offset += 8;
+    let mut b = SummaryBuilder::default();
+    b.push(&target.id, target.size, &wrong).unwrap();
+    let (planted, object) = packsummary::seal(&repo.sealer, &b.finish());
+    repo.backend.put_if_absent(&planted, &object).unwrap();
+    std::fs::remove_file(env.repo.join(&real[0])).unwrap();
+    drop(repo);
+
+    // A rebuild trusts the summary (it is sealed with the key)...
+    std::fs::remove_dir_all(&env.state).unwrap();
+    let (r, _) = rebuild_counted(&env);
+    assert_eq!(r.index.packs_from_summaries, 1, "{:?}", r.index);
+    let chunk = target.entries[0].id;
+    assert_eq!(index_of(&env).lookup(&chunk).unwrap().unwrap().offset, wrong[0].offset);
+    // ...and verify, which reads the pack, names the summary and takes the
+    // pack's own index instead.
+    let o = env.run(["verify", "--level", "standard"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    let line = err.lines().find(|l| l.contains(planted.as_str())).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("disagrees") && line.contains(&target.id.object_key()), "{line}");
+    assert_eq!(index_of(&env).lookup(&chunk).unwrap().unwrap().offset, target.entries[0].offset);
+    let t = env.path("t");
+    env.restore("dr", "s", &t);
+    assert_same_tree(&src, &t);
+}

@@ -351,4 +351,31 @@ mod tests {
         assert!(ix.contains(&only.id).unwrap());
         assert!(ix.lost_packs().unwrap().is_empty());
     }
+
+    #[test]
+    fn summaries_cover_packs_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ix = ChunkIndex::open(&dir.path().join("index.sqlite")).unwrap();
+        let (p1, p2, p3) = (PackId([1u8; 32]), PackId([2u8; 32]), PackId([3u8; 32]));
+        let e = PackEntry { id: ChunkId([9u8; 32]), kind: 7, offset: 8, sealed_len: 100, raw_len: 60 };
+        ix.add_pack(&p2, 4096, std::slice::from_ref(&e), 1).unwrap();
+        ix.add_pack(&p1, 4096, &[], 1).unwrap();
+        assert_eq!(ix.pack_entries(&p2).unwrap(), vec![e.clone()], "the kind is kept");
+        assert_eq!(ix.unsummarized_packs().unwrap(), vec![(p1, 4096), (p2, 4096)], "in id order");
+        // A summary brings p3 and covers all three.
+        let s3 = SummarizedPack { id: p3, size: 8192, entries: vec![] };
+        ix.add_summary("index/a", &[&s3], &[p1, p2, p3], 2).unwrap();
+        assert!(ix.knows_summary("index/a").unwrap() && ix.has_pack(&p3).unwrap());
+        assert!(ix.unsummarized_packs().unwrap().is_empty());
+        // A second summary of p1 does not take it from the first.
+        ix.add_summary("index/b", &[], &[p1], 3).unwrap();
+        ix.forget_summary("index/b").unwrap();
+        assert!(ix.unsummarized_packs().unwrap().is_empty());
+        ix.forget_summary("index/a").unwrap();
+        assert_eq!(ix.unsummarized_packs().unwrap().len(), 3);
+        assert!(ix.summary_keys().unwrap().is_empty());
+        ix.mark_unsummarizable(&p1).unwrap();
+        ix.mark_lost(&p2, 4).unwrap();
+        assert_eq!(ix.unsummarized_packs().unwrap(), vec![(p3, 8192)], "neither too large nor lost packs");
+    }
 }
