@@ -2,9 +2,12 @@
 //!
 //! - quick: every pack the index knows is on the backend with its size;
 //!   every manifest opens and its segments exist; every chunk the local
-//!   catalogs reference is indexed in a pack that exists.
+//!   catalogs reference is indexed in a pack that exists; every pack
+//!   summary opens, gives the right size of each pack it names, and none
+//!   this index knew is gone.
 //! - standard: also download every pack, check its name is the BLAKE3 of
-//!   its bytes, and open its index; open every manifest segment.
+//!   its bytes, and open its index, which must say what every summary that
+//!   names the pack says (the pack wins); open every manifest segment.
 //! - full: also open, decompress and re-hash every chunk.
 //!
 //! Every level also checks each dataset's chain of manifests (no gap, each
@@ -74,10 +77,10 @@ pub fn verify(repo: &Repository, state: &StatePaths, level: Level) -> Result<Ver
         }
     }
     // Pack summaries (FORMAT §6.4): each must open, and give the size of
-    // each pack it names that exists; the standard level also compares what they
-    // say of each pack with the pack's own index. They are only a cache:
-    // one that fails is forgotten locally, so that the next backup
-    // summarizes its packs again, and readers fall back to the packs.
+    // each pack it names that exists; the standard level also compares
+    // what they say of each pack with the pack's own index. They are only
+    // a cache: one that fails is forgotten locally, so that the next
+    // backup summarizes its packs again, and readers fall back to the packs.
     let summary_keys = repo.list_summaries()?;
     r.summaries = summary_keys.len() as u64;
     // For each pack, the summaries that name it and a digest of what they say.
