@@ -2,12 +2,14 @@
 //!
 //! Layout (docs/FORMAT.md): `config` (plain JSON, with a sealed copy of its
 //! parameters), `config.sealed` (the whole config, sealed), `data/XX/<pack id>`,
-//! `segments/<hash>`, `manifests/<dataset id>/<seq>-<changeset id>`.
+//! `segments/<hash>`, `index/<hash>` (pack summaries, core/packsummary.rs),
+//! `manifests/<dataset id>/<seq>`.
 //! Only `config` is readable without the key; no object key carries a file
 //! or dataset name.
 
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::backend::{Backend, BackendError, PutOutcome};
@@ -16,6 +18,7 @@ use crate::core::chunker::ChunkerParams;
 use crate::core::keys::{DerivedKeys, MasterKey};
 use crate::core::manifest::{self, ManifestHeader, Record};
 use crate::core::pack::{self, PackEntry, PackId, TRAILER_LEN};
+use crate::core::packsummary::{self, SummarizedPack, SummaryBuilder};
 use crate::core::seal::Sealer;
 use crate::model::ChunkId;
 
@@ -528,14 +531,7 @@ impl Repository {
 
     /// Read a pack's own index from its tail (two small range reads).
     pub fn read_pack_index(&self, pack: &PackId, size: u64) -> Result<Vec<PackEntry>> {
-        let key = pack.object_key();
-        ensure!(size >= (pack::PACK_MAGIC.len() + TRAILER_LEN) as u64, "pack {key} is too short ({size} bytes)");
-        let trailer = self.backend.get(&key, Some(size - TRAILER_LEN as u64..size)).map_err(backend_err)?;
-        let len = pack::index_len_from_trailer(&trailer).with_context(|| format!("pack {key}"))? as u64;
-        ensure!(len + (TRAILER_LEN + pack::PACK_MAGIC.len()) as u64 <= size, "pack {key}: index longer than the pack");
-        let start = size - TRAILER_LEN as u64 - len;
-        let sealed = self.backend.get(&key, Some(start..start + len)).map_err(backend_err)?;
-        pack::open_index(&self.sealer, &sealed, start).with_context(|| format!("pack {key} has a bad index"))
+        self.read_pack_index_counted(pack, size, &mut 0)
     }
 
     /// Every pack object on the backend.
@@ -588,21 +584,216 @@ impl Repository {
     /// after a crash between an upload and its index commit, or after the
     /// state directory was lost. Returns how many packs were added.
     pub fn sync_index(&self, index: &mut ChunkIndex) -> Result<usize> {
-        let mut added = 0;
-        for (id, size) in self.list_packs()? {
-            if index.has_pack(&id)? {
+        Ok(self.sync_index_report(index)?.packs_added)
+    }
+
+    /// `sync_index`, saying how: from the pack summaries first (one GET
+    /// each, for the summaries this index has not seen), then from the own
+    /// index of each pack no summary covers (two range reads each). A
+    /// summary is only a cache of the packs' own indexes: it adds only packs
+    /// that are on the backend with the size it gives, and one that cannot
+    /// be used is skipped with a warning, its packs read one by one.
+    pub fn sync_index_report(&self, index: &mut ChunkIndex) -> Result<SyncReport> {
+        let mut r = SyncReport::default();
+        let on_backend: HashMap<PackId, u64> = self.list_packs()?.into_iter().collect();
+        r.requests.lists += 1;
+        let summaries = self.list_summaries()?;
+        r.requests.lists += 1;
+        let now = crate::util::now();
+        for key in &summaries {
+            if index.knows_summary(key)? {
                 continue;
             }
-            match self.read_pack_index(&id, size) {
+            r.requests.gets += 1;
+            let packs = match self.read_summary(key) {
+                Ok(p) => p,
+                Err(e) => {
+                    log::warn!(
+                        "pack summary {key} cannot be used ({e:#}): the packs it covers are read from their own indexes"
+                    );
+                    r.summaries_unusable += 1;
+                    continue;
+                }
+            };
+            r.summaries_read += 1;
+            let mut new = Vec::new();
+            let mut covered = Vec::new();
+            for p in &packs {
+                match on_backend.get(&p.id) {
+                    Some(&size) if size == p.size => {}
+                    Some(&size) => {
+                        // The pack wins: its own index is read below.
+                        log::warn!(
+                            "pack summary {key} says pack {} has {} bytes, the repository has {size}: reading the pack's own index instead",
+                            p.id.object_key(),
+                            p.size
+                        );
+                        r.summary_packs_absent += 1;
+                        continue;
+                    }
+                    None => {
+                        // Deleted since (or never stored): nothing to add.
+                        r.summary_packs_absent += 1;
+                        continue;
+                    }
+                }
+                covered.push(p.id);
+                if !index.has_pack(&p.id)? {
+                    new.push(p);
+                }
+            }
+            index.add_summary(key, &new, &covered, now)?;
+            r.packs_from_summaries += new.len();
+            r.packs_added += new.len();
+        }
+        let mut ids: Vec<(&PackId, &u64)> = on_backend.iter().collect();
+        ids.sort();
+        for (id, &size) in ids {
+            if index.has_pack(id)? {
+                continue;
+            }
+            match self.read_pack_index_counted(id, size, &mut r.requests.gets) {
                 Ok(entries) => {
-                    index.add_pack(&id, size, &entries, crate::util::now())?;
-                    added += 1;
+                    index.add_pack(id, size, &entries, now)?;
+                    r.pack_indexes_read += 1;
+                    r.packs_added += 1;
                 }
                 Err(e) => log::warn!("skipping unreadable pack {}: {e:#}", id.object_key()),
             }
         }
-        Ok(added)
+        if r.packs_added > 0 || r.summaries_unusable > 0 {
+            log::info!(
+                "indexed {} packs: {} from {} pack summaries, {} from their own indexes ({} GETs, {} LISTs)",
+                r.packs_added,
+                r.packs_from_summaries,
+                r.summaries_read,
+                r.pack_indexes_read,
+                r.requests.gets,
+                r.requests.lists
+            );
+        }
+        Ok(r)
     }
+
+    /// `read_pack_index`, counting its GETs into `gets`.
+    fn read_pack_index_counted(&self, pack: &PackId, size: u64, gets: &mut u64) -> Result<Vec<PackEntry>> {
+        let key = pack.object_key();
+        ensure!(size >= (pack::PACK_MAGIC.len() + TRAILER_LEN) as u64, "pack {key} is too short ({size} bytes)");
+        *gets += 1;
+        let trailer = self.backend.get(&key, Some(size - TRAILER_LEN as u64..size)).map_err(backend_err)?;
+        let len = pack::index_len_from_trailer(&trailer).with_context(|| format!("pack {key}"))? as u64;
+        ensure!(len + (TRAILER_LEN + pack::PACK_MAGIC.len()) as u64 <= size, "pack {key}: index longer than the pack");
+        let start = size - TRAILER_LEN as u64 - len;
+        *gets += 1;
+        let sealed = self.backend.get(&key, Some(start..start + len)).map_err(backend_err)?;
+        pack::open_index(&self.sealer, &sealed, start).with_context(|| format!("pack {key} has a bad index"))
+    }
+
+    /// Every pack summary key on the backend, sorted. Objects under
+    /// `index/` with other names are not summaries and are ignored.
+    pub fn list_summaries(&self) -> Result<Vec<String>> {
+        let mut keys: Vec<String> = self
+            .backend
+            .list(packsummary::SUMMARY_PREFIX)
+            .map_err(backend_err)
+            .context("cannot list pack summaries")?
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| packsummary::is_summary_key(k))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Read and open one pack summary (its bytes must hash to its key).
+    pub fn read_summary(&self, key: &str) -> Result<Vec<SummarizedPack>> {
+        let object = self.backend.get(key, None).map_err(backend_err)?;
+        packsummary::open(&self.sealer, key, &object)
+    }
+
+    /// Summarize every pack the local index knows that no summary covers
+    /// yet: the packs of this changeset, and any a crash or an older
+    /// agent left uncovered. The caller has every one of them confirmed
+    /// stored (a summary never names a pack before it exists). Each
+    /// summary holds at most `packsummary::MAX_PACKS` packs, and is recorded
+    /// in the index only once stored, so a crash in between only leaves
+    /// an object that the next sync reads (it names the same packs).
+    pub fn write_summaries(&self, index: &mut ChunkIndex) -> Result<SummaryWrite> {
+        let mut w = SummaryWrite::default();
+        let mut builder = SummaryBuilder::default();
+        let mut batch: Vec<PackId> = Vec::new();
+        for (id, size) in index.unsummarized_packs()? {
+            let entries = index.pack_entries(&id)?;
+            if !packsummary::fits_alone(entries.len()) {
+                log::warn!(
+                    "pack {} has {} chunks, too many for a pack summary: a rebuild reads its own index",
+                    id.object_key(),
+                    entries.len()
+                );
+                index.mark_unsummarizable(&id)?;
+                continue;
+            }
+            if !builder.has_room(entries.len()) {
+                self.store_summary(index, std::mem::take(&mut builder), &mut batch, &mut w)?;
+            }
+            builder.push(&id, size, &entries)?;
+            batch.push(id);
+        }
+        if !builder.is_empty() {
+            self.store_summary(index, builder, &mut batch, &mut w)?;
+        }
+        Ok(w)
+    }
+
+    fn store_summary(
+        &self,
+        index: &mut ChunkIndex,
+        builder: SummaryBuilder,
+        batch: &mut Vec<PackId>,
+        w: &mut SummaryWrite,
+    ) -> Result<()> {
+        let (key, object) = packsummary::seal(&self.sealer, &builder.finish());
+        // Content-addressed: AlreadyExists means these very bytes are there.
+        self.put(&key, &object)?;
+        index.add_summary(&key, &[], batch, crate::util::now())?;
+        w.summaries += 1;
+        w.packs += batch.len();
+        w.bytes += object.len() as u64;
+        batch.clear();
+        Ok(())
+    }
+}
+
+/// What `sync_index_report` did, and the backend requests it made (a
+/// rebuild of a repository of P packs in S summaries makes S GETs and 2
+/// LISTs, not 2P range reads; on S3 a LIST is one request per 1000 keys).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SyncReport {
+    pub packs_added: usize,
+    /// Summaries read and used (those the index had seen are not read again).
+    pub summaries_read: usize,
+    /// Summaries that could not be read or opened: skipped, never trusted.
+    pub summaries_unusable: usize,
+    pub packs_from_summaries: usize,
+    /// Packs no usable summary covered, whose own index was read.
+    pub pack_indexes_read: usize,
+    /// Packs a summary names that are not on the backend (or have another size).
+    pub summary_packs_absent: usize,
+    pub requests: Requests,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Requests {
+    pub gets: u64,
+    pub lists: u64,
+}
+
+/// What `write_summaries` stored.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SummaryWrite {
+    pub summaries: usize,
+    pub packs: usize,
+    pub bytes: u64,
 }
 
 #[cfg(test)]
@@ -671,6 +862,44 @@ mod tests {
         r2.restore_config_object().unwrap();
         assert_eq!(b.get(CONFIG_KEY, None).unwrap(), body);
         assert!(Repository::open(b.clone(), &k).unwrap().config_problem.is_none());
+    }
+
+    /// Summaries cut at MAX_PACKS, are written once, and a fresh index is
+    /// rebuilt from them alone; a pack that a summary names but the backend
+    /// does not hold is not indexed.
+    #[test]
+    fn summaries_are_batched_written_once_and_read_back() {
+        use crate::core::pack::{KIND_DATA, PackBuilder};
+        let b: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let k = MasterKey::generate().unwrap();
+        let r = Repository::init(b.clone(), &k).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut ix = ChunkIndex::open(&dir.path().join("a.sqlite")).unwrap();
+        let n = packsummary::MAX_PACKS + 3;
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let plain = format!("chunk {i}").into_bytes();
+            let id = r.keys.chunk_id(&plain);
+            let mut pb = PackBuilder::new(4096);
+            pb.add(id, KIND_DATA, plain.len() as u32, &pack::seal_chunk(&r.sealer, &id, &plain));
+            let p = pb.finish(&r.sealer);
+            r.put(&p.id.object_key(), &p.bytes).unwrap();
+            ix.add_pack(&p.id, p.bytes.len() as u64, &p.entries, 1).unwrap();
+            ids.push(p.id);
+        }
+        let w = r.write_summaries(&mut ix).unwrap();
+        assert_eq!((w.summaries, w.packs), (2, n), "{w:?}");
+        assert_eq!(r.write_summaries(&mut ix).unwrap().summaries, 0, "every pack is covered now");
+        assert_eq!(r.sync_index_report(&mut ix).unwrap().requests.gets, 0, "its own summaries are known");
+        // One pack goes away; a fresh index learns the others from 2 GETs.
+        b.delete(&ids[5].object_key()).unwrap();
+        let mut fresh = ChunkIndex::open(&dir.path().join("b.sqlite")).unwrap();
+        let s = r.sync_index_report(&mut fresh).unwrap();
+        assert_eq!((s.packs_added, s.pack_indexes_read, s.summary_packs_absent), (n - 1, 0, 1), "{s:?}");
+        assert_eq!((s.requests.gets, s.requests.lists), (2, 2));
+        assert!(!fresh.has_pack(&ids[5]).unwrap() && fresh.has_pack(&ids[6]).unwrap());
+        assert_eq!(fresh.pack_entries(&ids[6]).unwrap(), ix.pack_entries(&ids[6]).unwrap());
+        assert!(fresh.unsummarized_packs().unwrap().is_empty(), "what it read from summaries is covered");
     }
 
     /// A repair of sound objects touches nothing (a delete and a put would

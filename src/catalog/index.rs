@@ -7,7 +7,12 @@ use std::path::{Path, PathBuf};
 
 use super::schema::{self, Explain};
 use crate::core::pack::{PackEntry, PackId};
+use crate::core::packsummary::SummarizedPack;
 use crate::model::ChunkId;
+
+/// `packs.summary` of a pack whose entries alone exceed a summary's size
+/// limit: no summary will ever cover it, so none is tried again.
+const NO_SUMMARY: &str = "-";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChunkLocation {
@@ -74,24 +79,107 @@ impl ChunkIndex {
     /// pack found again after it was marked lost is live again.
     pub fn add_pack(&mut self, id: &PackId, size: u64, entries: &[PackEntry], now: i64) -> Result<()> {
         let tx = self.conn.transaction().db(&self.path)?;
+        insert_pack(&tx, &self.path, id, size, entries, now)?;
+        tx.commit().db(&self.path)
+    }
+
+    /// Has this index read (or written) the summary with this key?
+    pub fn knows_summary(&self, key: &str) -> Result<bool> {
+        let mut st = self.conn.prepare_cached("SELECT 1 FROM summaries WHERE key = ?1").db(&self.path)?;
+        st.exists(params![key]).db(&self.path)
+    }
+
+    /// Every summary this index has read or written.
+    pub fn summary_keys(&self) -> Result<Vec<String>> {
+        let mut st = self.conn.prepare("SELECT key FROM summaries ORDER BY key").db(&self.path)?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).db(&self.path)?;
+        rows.map(|r| r.db(&self.path)).collect()
+    }
+
+    /// Record a summary, in one transaction: the packs it brought that the
+    /// index did not know (`new`, with their chunks), and `covered`, every
+    /// pack of it that exists (new or not), which no backup needs to
+    /// summarize again. A pack already covered by another summary keeps it.
+    pub fn add_summary(&mut self, key: &str, new: &[&SummarizedPack], covered: &[PackId], now: i64) -> Result<()> {
+        let tx = self.conn.transaction().db(&self.path)?;
+        for p in new {
+            insert_pack(&tx, &self.path, &p.id, p.size, &p.entries, now)?;
+        }
         tx.execute(
-            "INSERT INTO packs (id, size, confirmed_at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (id) DO UPDATE SET lost_at = NULL",
-            params![&id.0[..], size as i64, now],
+            "INSERT INTO summaries (key, packs, seen_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (key) DO UPDATE SET packs = excluded.packs, seen_at = excluded.seen_at",
+            params![key, covered.len() as i64, now],
         )
         .db(&self.path)?;
         {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO chunks (id, pack, offset, sealed_len, raw_len) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .db(&self.path)?;
-            for e in entries {
-                st.execute(params![&e.id.0[..], &id.0[..], e.offset as i64, e.sealed_len as i64, e.raw_len as i64])
-                    .db(&self.path)?;
+            let mut st =
+                tx.prepare_cached("UPDATE packs SET summary = ?2 WHERE id = ?1 AND summary IS NULL").db(&self.path)?;
+            for id in covered {
+                st.execute(params![&id.0[..], key]).db(&self.path)?;
             }
         }
         tx.commit().db(&self.path)
+    }
+
+    /// Forget a summary (it is gone from the repository, or does not open,
+    /// or disagrees with a pack): the packs it covered are uncovered again,
+    /// so the next backup summarizes them anew.
+    pub fn forget_summary(&mut self, key: &str) -> Result<()> {
+        let tx = self.conn.transaction().db(&self.path)?;
+        tx.execute("DELETE FROM summaries WHERE key = ?1", params![key]).db(&self.path)?;
+        tx.execute("UPDATE packs SET summary = NULL WHERE summary = ?1", params![key]).db(&self.path)?;
+        tx.commit().db(&self.path)
+    }
+
+    /// Packs no summary covers yet (and not lost), in ascending id order,
+    /// the order a summary holds them in.
+    pub fn unsummarized_packs(&self) -> Result<Vec<(PackId, u64)>> {
+        self.packs_where("summary IS NULL AND lost_at IS NULL ORDER BY id")
+    }
+
+    /// A pack too large for any summary: never tried again.
+    pub fn mark_unsummarizable(&mut self, id: &PackId) -> Result<()> {
+        self.conn
+            .execute("UPDATE packs SET summary = ?2 WHERE id = ?1", params![&id.0[..], NO_SUMMARY])
+            .db(&self.path)?;
+        Ok(())
+    }
+
+    /// The entries the index holds for a pack, in pack order.
+    pub fn pack_entries(&self, id: &PackId) -> Result<Vec<PackEntry>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, kind, offset, sealed_len, raw_len FROM chunks WHERE pack = ?1 ORDER BY offset")
+            .db(&self.path)?;
+        let rows = st
+            .query_map(params![&id.0[..]], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .db(&self.path)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (cid, kind, offset, sealed_len, raw_len) = row.db(&self.path)?;
+            let id = ChunkId::from_slice(&cid).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "chunk index {} is damaged (a chunk id of the wrong length): move it aside and run `n2s-agent catalog rebuild`",
+                    self.path.display()
+                )
+            })?;
+            out.push(PackEntry {
+                id,
+                kind: kind as u8,
+                offset: offset as u64,
+                sealed_len: sealed_len as u32,
+                raw_len: raw_len as u32,
+            });
+        }
+        Ok(out)
     }
 
     /// Every pack the index knows that is not marked lost, with its size.
@@ -176,6 +264,34 @@ impl ChunkIndex {
     }
 }
 
+/// A pack and its chunks, inside the caller's transaction. A pack found
+/// again after it was marked lost is live again.
+fn insert_pack(
+    tx: &rusqlite::Transaction<'_>,
+    path: &Path,
+    id: &PackId,
+    size: u64,
+    entries: &[PackEntry],
+    now: i64,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO packs (id, size, confirmed_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (id) DO UPDATE SET lost_at = NULL",
+        params![&id.0[..], size as i64, now],
+    )
+    .db(path)?;
+    let mut st = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO chunks (id, pack, offset, sealed_len, raw_len, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .db(path)?;
+    for e in entries {
+        st.execute(params![&e.id.0[..], &id.0[..], e.offset as i64, e.sealed_len as i64, e.raw_len as i64, e.kind])
+            .db(path)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +350,32 @@ mod tests {
         ix.add_pack(&p1, 4096, &[shared, only.clone()], 5).unwrap();
         assert!(ix.contains(&only.id).unwrap());
         assert!(ix.lost_packs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn summaries_cover_packs_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ix = ChunkIndex::open(&dir.path().join("index.sqlite")).unwrap();
+        let (p1, p2, p3) = (PackId([1u8; 32]), PackId([2u8; 32]), PackId([3u8; 32]));
+        let e = PackEntry { id: ChunkId([9u8; 32]), kind: 7, offset: 8, sealed_len: 100, raw_len: 60 };
+        ix.add_pack(&p2, 4096, std::slice::from_ref(&e), 1).unwrap();
+        ix.add_pack(&p1, 4096, &[], 1).unwrap();
+        assert_eq!(ix.pack_entries(&p2).unwrap(), vec![e.clone()], "the kind is kept");
+        assert_eq!(ix.unsummarized_packs().unwrap(), vec![(p1, 4096), (p2, 4096)], "in id order");
+        // A summary brings p3 and covers all three.
+        let s3 = SummarizedPack { id: p3, size: 8192, entries: vec![] };
+        ix.add_summary("index/a", &[&s3], &[p1, p2, p3], 2).unwrap();
+        assert!(ix.knows_summary("index/a").unwrap() && ix.has_pack(&p3).unwrap());
+        assert!(ix.unsummarized_packs().unwrap().is_empty());
+        // A second summary of p1 does not take it from the first.
+        ix.add_summary("index/b", &[], &[p1], 3).unwrap();
+        ix.forget_summary("index/b").unwrap();
+        assert!(ix.unsummarized_packs().unwrap().is_empty());
+        ix.forget_summary("index/a").unwrap();
+        assert_eq!(ix.unsummarized_packs().unwrap().len(), 3);
+        assert!(ix.summary_keys().unwrap().is_empty());
+        ix.mark_unsummarizable(&p1).unwrap();
+        ix.mark_lost(&p2, 4).unwrap();
+        assert_eq!(ix.unsummarized_packs().unwrap(), vec![(p3, 8192)], "neither too large nor lost packs");
     }
 }

@@ -138,6 +138,22 @@ pub const INDEX_MIGRATIONS: &[&str] = &[
     CREATE INDEX chunks_by_pack ON chunks(pack);
     ALTER TABLE packs ADD COLUMN lost_at INTEGER;  -- set when verify (or a read) found it missing or corrupt
     "#,
+    // 3: pack summaries (index/<hash>, FORMAT §6.4): which ones this index
+    // has read or written, which summary covers each pack (NULL: none yet,
+    // so the next backup writes one; '-': too large for any), and each
+    // blob's kind, so a summary written from this index says what the
+    // pack's own index says.
+    r#"
+    CREATE TABLE summaries (
+        key TEXT PRIMARY KEY,
+        packs INTEGER NOT NULL,           -- packs of it that exist on the backend
+        seen_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ALTER TABLE packs ADD COLUMN summary TEXT;
+    CREATE INDEX packs_unsummarized ON packs(id) WHERE summary IS NULL;
+    CREATE INDEX packs_by_summary ON packs(summary) WHERE summary IS NOT NULL;
+    ALTER TABLE chunks ADD COLUMN kind INTEGER NOT NULL DEFAULT 1;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection, steps: &[&str], what: &str, path: &Path) -> Result<()> {

@@ -7,4 +7,5 @@ pub mod compress;
 pub mod keys;
 pub mod manifest;
 pub mod pack;
+pub mod packsummary;
 pub mod seal;

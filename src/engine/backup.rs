@@ -436,6 +436,18 @@ fn finish_changeset(
         problems.push(p.clone());
     }
     problems.add_uncounted(report.failed.total().saturating_sub(report.failed.items().len() as u64));
+    // Every pack of the changeset is confirmed: summarize them (and any a
+    // crash left uncovered) before the manifest that needs them, so that a
+    // rebuild reads one summary instead of each pack's index (FORMAT §6.4).
+    // A summary is only a cache of the packs' own indexes: failing to write
+    // one costs a slower rebuild, never the backup.
+    match ChunkIndex::open(&state.index_db()).and_then(|mut ix| repo.write_summaries(&mut ix)) {
+        Ok(w) if w.summaries > 0 => log::debug!("{dataset}: {} pack summaries of {} packs", w.summaries, w.packs),
+        Ok(_) => {}
+        Err(e) => log::warn!(
+            "{dataset}: cannot write pack summaries ({e:#}): the next backup tries again; until then a rebuild reads these packs' own indexes"
+        ),
+    }
     let (key, kind) = write_manifest(repo, catalog, row, opts)?;
     log::debug!("{dataset}: manifest {key}");
     let done = catalog.changeset(row.id)?.context("changeset vanished")?;

@@ -21,7 +21,7 @@ use crate::catalog::index::ChunkIndex;
 use crate::catalog::{Catalog, ChangesetRow, ChangesetStatus, FileRow, FileStatus};
 use crate::core::manifest::{ManifestHeader, ManifestKind, RecordJoiner, RecordKind};
 use crate::model::ChangeKind;
-use crate::repo::Repository;
+use crate::repo::{Repository, SyncReport};
 use crate::state::{DatasetLock, StatePaths};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +42,9 @@ pub struct RebuiltDataset {
 #[derive(Debug, serde::Serialize)]
 pub struct RebuildReport {
     pub packs_indexed: usize,
+    /// How the chunk index was made: from pack summaries, from the packs'
+    /// own indexes, and the backend requests that took.
+    pub index: SyncReport,
     pub datasets: Vec<RebuiltDataset>,
 }
 
@@ -49,7 +52,7 @@ pub struct RebuildReport {
 /// dataset the repository holds. Takes each dataset's lock.
 pub fn rebuild(repo: &Repository, state: &StatePaths, only: Option<&str>, mode: RebuildMode) -> Result<RebuildReport> {
     let mut index = ChunkIndex::open(&state.index_db())?;
-    let packs_indexed = repo.sync_index(&mut index)?;
+    let sync = repo.sync_index_report(&mut index)?;
     drop(index);
     let filter = only.map(|d| repo.dataset_id(d));
     let all = chain::header_keys(repo, filter.as_deref())?;
@@ -75,13 +78,13 @@ pub fn rebuild(repo: &Repository, state: &StatePaths, only: Option<&str>, mode: 
         let lock = DatasetLock::acquire(&state.lock(&name), &name)?;
         datasets.push(rebuild_chain(repo, state, &chain, mode, &lock)?);
     }
-    Ok(RebuildReport { packs_indexed, datasets })
+    Ok(RebuildReport { packs_indexed: sync.packs_added, index: sync, datasets })
 }
 
 /// Rebuild the index, then the catalogs of the datasets with these ids.
 pub fn rebuild_ids(repo: &Repository, state: &StatePaths, ids: &[String], mode: RebuildMode) -> Result<RebuildReport> {
     let mut index = ChunkIndex::open(&state.index_db())?;
-    let packs_indexed = repo.sync_index(&mut index)?;
+    let sync = repo.sync_index_report(&mut index)?;
     drop(index);
     let mut datasets = Vec::new();
     for (id, keys) in chain::header_keys(repo, None)? {
@@ -96,7 +99,7 @@ pub fn rebuild_ids(repo: &Repository, state: &StatePaths, ids: &[String], mode: 
         let lock = DatasetLock::acquire(&state.lock(&name), &name)?;
         datasets.push(rebuild_chain(repo, state, &chain, mode, &lock)?);
     }
-    Ok(RebuildReport { packs_indexed, datasets })
+    Ok(RebuildReport { packs_indexed: sync.packs_added, index: sync, datasets })
 }
 
 /// Rebuild one dataset's catalog; the caller holds its lock (backup takes

@@ -2,9 +2,12 @@
 //!
 //! - quick: every pack the index knows is on the backend with its size;
 //!   every manifest opens and its segments exist; every chunk the local
-//!   catalogs reference is indexed in a pack that exists.
+//!   catalogs reference is indexed in a pack that exists; every pack
+//!   summary opens, gives the right size of each pack it names, and none
+//!   this index knew is gone.
 //! - standard: also download every pack, check its name is the BLAKE3 of
-//!   its bytes, and open its index; open every manifest segment.
+//!   its bytes, and open its index, which must say what every summary that
+//!   names the pack says (the pack wins); open every manifest segment.
 //! - full: also open, decompress and re-hash every chunk.
 //!
 //! Every level also checks each dataset's chain of manifests (no gap, each
@@ -18,6 +21,7 @@ use std::collections::{HashMap, HashSet};
 use crate::catalog::Catalog;
 use crate::catalog::index::ChunkIndex;
 use crate::core::pack::{self, PackId};
+use crate::core::packsummary;
 use crate::engine::chain;
 use crate::repo::Repository;
 use crate::state::StatePaths;
@@ -40,6 +44,14 @@ pub struct VerifyReport {
     pub manifests: u64,
     pub segments: u64,
     pub referenced_chunks: u64,
+    /// Pack summaries on the backend (FORMAT §6.4).
+    pub summaries: u64,
+    /// Packs that no readable summary names: a rebuild reads their own
+    /// indexes one by one (the next backup summarizes them).
+    pub packs_in_no_summary: u64,
+    /// Packs that summaries name but the repository does not hold (deleted
+    /// or lost since): readers skip them.
+    pub summary_packs_absent: u64,
     /// Packs marked lost and still missing from the repository.
     pub lost_packs: Vec<String>,
     pub problems: Vec<String>,
@@ -64,6 +76,55 @@ pub fn verify(repo: &Repository, state: &StatePaths, level: Level) -> Result<Ver
             lost_now += 1;
         }
     }
+    // Pack summaries (FORMAT §6.4): each must open, and give the size of
+    // each pack it names that exists; the standard level also compares
+    // what they say of each pack with the pack's own index. They are only
+    // a cache: one that fails is forgotten locally, so that the next
+    // backup summarizes its packs again, and readers fall back to the packs.
+    let summary_keys = repo.list_summaries()?;
+    r.summaries = summary_keys.len() as u64;
+    // For each pack, the summaries that name it and a digest of what they say.
+    let mut summarized: HashMap<PackId, Vec<(usize, [u8; 32])>> = HashMap::new();
+    for (i, key) in summary_keys.iter().enumerate() {
+        match repo.read_summary(key) {
+            Err(e) => {
+                r.problems.push(format!(
+                    "pack summary {key} cannot be used ({e:#}): readers use the packs' own indexes instead; delete it (it holds nothing the packs do not), and the next backup summarizes its packs again"
+                ));
+                index.forget_summary(key)?;
+            }
+            Ok(packs) => {
+                for p in packs {
+                    match on_backend.get(&p.id) {
+                        // Deleted or lost since: readers skip it, and a pack
+                        // that is missing is a problem of its own (above),
+                        // not of the summary.
+                        None => r.summary_packs_absent += 1,
+                        // A pack's id is the hash of its bytes, so its size
+                        // is fixed: this summary is wrong.
+                        Some(&s) if s != p.size => r.problems.push(format!(
+                            "pack summary {key} says pack {} has {} bytes, it has {s}",
+                            p.id.object_key(),
+                            p.size
+                        )),
+                        Some(_) => {}
+                    }
+                    summarized.entry(p.id).or_default().push((i, packsummary::entries_digest(&p.entries)));
+                }
+            }
+        }
+    }
+    let listed: HashSet<&String> = summary_keys.iter().collect();
+    for key in index.summary_keys()? {
+        if !listed.contains(&key) {
+            r.problems.push(format!(
+                "pack summary {key} is missing from the repository: a rebuild reads the packs it covered one by one; the next backup summarizes them again"
+            ));
+            index.forget_summary(&key)?;
+        }
+    }
+    r.packs_in_no_summary = on_backend.keys().filter(|id| !summarized.contains_key(id)).count() as u64;
+
     let lost: HashSet<PackId> = index.lost_packs()?.into_iter().map(|(id, _)| id).collect();
     for id in &lost {
         if !on_backend.contains_key(id) {
@@ -129,25 +190,46 @@ pub fn verify(repo: &Repository, state: &StatePaths, level: Level) -> Result<Ver
                     r.problems.push(format!("pack {key}: {e:#}"));
                     bad = true;
                 }
-                Ok(entries) if level == Level::Full => {
-                    for e in entries {
-                        r.chunks_checked += 1;
-                        let blob = &bytes[e.offset as usize..(e.offset + e.sealed_len as u64) as usize];
-                        match pack::open_chunk(&repo.sealer, &e.id, blob, e.raw_len) {
-                            Ok(plain) if repo.keys.chunk_id(&plain) == e.id => {}
-                            Ok(_) => {
-                                bad = true;
-                                r.problems
-                                    .push(format!("pack {key}: chunk {} does not hash to its id", &e.id.to_hex()[..16]))
-                            }
-                            Err(err) => {
-                                bad = true;
-                                r.problems.push(format!("pack {key}: chunk {}: {err:#}", &e.id.to_hex()[..16]))
+                Ok(entries) => {
+                    // The pack's own index wins over any summary that
+                    // says otherwise: the local index takes the pack's.
+                    let own = packsummary::entries_digest(&entries);
+                    let mut disagrees = false;
+                    for (i, digest) in summarized.get(id).into_iter().flatten() {
+                        if *digest != own && !bad {
+                            let skey = &summary_keys[*i];
+                            r.problems.push(format!(
+                                "pack summary {skey} disagrees with the own index of pack {key}: the pack's index is used; delete the summary, and the next backup summarizes its packs again"
+                            ));
+                            index.forget_summary(skey)?;
+                            disagrees = true;
+                        }
+                    }
+                    if disagrees {
+                        index.forget_pack(id)?;
+                        index.add_pack(id, bytes.len() as u64, &entries, crate::util::now())?;
+                    }
+                    if level == Level::Full {
+                        for e in entries {
+                            r.chunks_checked += 1;
+                            let blob = &bytes[e.offset as usize..(e.offset + e.sealed_len as u64) as usize];
+                            match pack::open_chunk(&repo.sealer, &e.id, blob, e.raw_len) {
+                                Ok(plain) if repo.keys.chunk_id(&plain) == e.id => {}
+                                Ok(_) => {
+                                    bad = true;
+                                    r.problems.push(format!(
+                                        "pack {key}: chunk {} does not hash to its id",
+                                        &e.id.to_hex()[..16]
+                                    ))
+                                }
+                                Err(err) => {
+                                    bad = true;
+                                    r.problems.push(format!("pack {key}: chunk {}: {err:#}", &e.id.to_hex()[..16]))
+                                }
                             }
                         }
                     }
                 }
-                Ok(_) => {}
             }
             // A corrupt pack is as good as lost: its chunks are uploaded
             // again by the next backup instead of being referenced. One
