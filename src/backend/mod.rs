@@ -7,10 +7,15 @@
 use std::fmt;
 use std::ops::Range;
 
+pub mod counting;
 pub mod fault;
 pub mod local;
 pub mod memory;
+pub mod ratelimit;
 pub mod retry;
+pub mod timeout;
+
+pub use counting::{RequestCounter, RequestCounts};
 
 #[derive(Debug)]
 pub enum BackendError {
@@ -68,6 +73,18 @@ pub trait Backend: Send + Sync {
     /// The size of an object, or `None` when it does not exist.
     fn stat(&self, key: &str) -> BResult<Option<u64>>;
     fn delete(&self, key: &str) -> BResult<()>;
+    /// The requests made so far, when something counts them: a backend
+    /// that knows its real requests (HTTP requests, multipart parts, list
+    /// pages) answers its own; decorators forward the inner answer, and
+    /// `open` puts a `CountingBackend` over a backend that answers `None`.
+    fn requests(&self) -> Option<RequestCounts> {
+        None
+    }
+    /// Whether each request crosses a network (tens to hundreds of ms), so
+    /// runs keep more requests in flight (`connections`).
+    fn is_remote(&self) -> bool {
+        false
+    }
 }
 
 /// Keys are `/`-separated names of `[A-Za-z0-9._-]`, never `.` or `..`:
@@ -83,21 +100,83 @@ pub fn check_key(key: &str) -> BResult<()> {
     if ok { Ok(()) } else { Err(BackendError::Other(anyhow::anyhow!("invalid object key {key:?}"))) }
 }
 
-/// Open the backend a repository URL names, wrapped in the decorators every
-/// run uses: bounded retries of transient failures, and (tests only) the
-/// fault injection that `N2S_FAULT_BACKEND` asks for, beneath the retries.
+/// How the decorators of `open_with` are set.
+#[derive(Clone, Debug)]
+pub struct BackendOptions {
+    /// Each request's deadline (`request_timeout_secs`).
+    pub request_timeout: std::time::Duration,
+    /// Bytes per second of put bodies, of all threads together; `None`: no limit.
+    pub limit_upload: Option<u64>,
+    /// Bytes per second of get bodies; `None`: no limit.
+    pub limit_download: Option<u64>,
+}
+
+/// Generous: a 16 MiB pack over a 2 Mbit/s uplink takes about 70 s.
+pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions { request_timeout: DEFAULT_REQUEST_TIMEOUT, limit_upload: None, limit_download: None }
+    }
+}
+
+/// `open_with` and the default options.
 pub fn open(url: &str) -> anyhow::Result<std::sync::Arc<dyn Backend>> {
-    let mut b: std::sync::Arc<dyn Backend> = std::sync::Arc::from(open_url(url)?);
+    open_with(url, &BackendOptions::default())
+}
+
+/// Open the backend a repository URL names, inside the decorators every
+/// run uses. From the caller down:
+///
+/// ```text
+/// retry ─▶ rate limit ─▶ timeout ─▶ [fault injection] ─▶ counting ─▶ backend
+/// ```
+///
+/// - retry is outermost, so every failed attempt below it (a timeout, an
+///   injected fault, a short ranged read) is retried the same way;
+/// - the rate limit charges each attempt (a retried upload is sent again),
+///   and waits for its tokens before the request's deadline starts;
+/// - the timeout runs each attempt on its worker pool, faults included, so
+///   an injected hang or slow call meets the deadline as a real one would;
+/// - counting sits on the backend itself and counts every request that
+///   reaches it, each retry included; a backend that counts its own
+///   requests gets none.
+pub fn open_with(url: &str, opts: &BackendOptions) -> anyhow::Result<std::sync::Arc<dyn Backend>> {
+    use std::sync::Arc;
+    let bare: Arc<dyn Backend> = Arc::from(open_url(url)?);
+    let mut b: Arc<dyn Backend> =
+        if bare.requests().is_some() { bare } else { Arc::new(counting::CountingBackend::new(bare)) };
     if let Ok(spec) = std::env::var("N2S_FAULT_BACKEND") {
-        b = std::sync::Arc::new(fault::FaultBackend::new(b, fault::FaultRule::parse_list(&spec)?));
+        let rules = fault::FaultRule::parse_list(&spec)?;
+        let seed = match std::env::var("N2S_FAULT_SEED") {
+            Ok(v) => v.parse().map_err(|_| anyhow::anyhow!("N2S_FAULT_SEED={v:?} is not a number"))?,
+            Err(_) => {
+                let mut r = [0u8; 8];
+                getrandom::fill(&mut r).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+                let seed = u64::from_le_bytes(r);
+                if rules.iter().any(fault::FaultRule::is_random) {
+                    log::warn!("fault injection: N2S_FAULT_SEED={seed} (set it to repeat this run)");
+                }
+                seed
+            }
+        };
+        b = Arc::new(fault::FaultBackend::with_seed(b, rules, seed));
+    }
+    b = Arc::new(timeout::TimeoutBackend::new(b, opts.request_timeout));
+    if opts.limit_upload.is_some() || opts.limit_download.is_some() {
+        b = Arc::new(ratelimit::RateLimitBackend::new(b, opts.limit_upload, opts.limit_download));
     }
     let mut policy = retry::RetryPolicy::default();
+    // For tests: retries without the production pauses, and more of them
+    // for campaigns of random faults.
     if let Some(ms) = std::env::var("N2S_RETRY_BASE_MS").ok().and_then(|v| v.parse().ok()) {
-        // For tests: retries without the production pauses.
         policy.base_delay = std::time::Duration::from_millis(ms);
         policy.max_delay = policy.base_delay * 8;
     }
-    Ok(std::sync::Arc::new(retry::RetryBackend::new(b, policy)))
+    if let Some(n) = std::env::var("N2S_RETRY_ATTEMPTS").ok().and_then(|v| v.parse::<u32>().ok()) {
+        policy.attempts = n.max(1);
+    }
+    Ok(Arc::new(retry::RetryBackend::new(b, policy)))
 }
 
 /// Open the bare backend a repository URL names.
