@@ -93,7 +93,7 @@ impl Backend for RetryBackend {
             match &range {
                 Some(r) if body.len() as u64 != r.end.saturating_sub(r.start) => {
                     Err(BackendError::Transient(anyhow::anyhow!(
-                        "short read of {key}: {} bytes for the range {}..{} of {} bytes",
+                        "short read: {} bytes for the range {}..{} of {} bytes",
                         body.len(),
                         r.start,
                         r.end,
@@ -173,7 +173,11 @@ mod tests {
         let dead = Arc::new(FaultBackend::new(mem, vec![FaultRule::parse("get:truncate:every:1").unwrap()]));
         let e = RetryBackend::new(dead, quick()).get("data/ab/x", Some(0..10)).unwrap_err();
         assert!(matches!(e, BackendError::Transient(_)), "{e}");
-        assert!(e.to_string().contains("short read of data/ab/x: 5 bytes for the range 0..10"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("reading data/ab/x still failing after 4 attempts: short read: 5 bytes for the range 0..10"),
+            "{e}"
+        );
     }
 
     #[test]
