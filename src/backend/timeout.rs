@@ -145,8 +145,12 @@ impl TimeoutBackend {
         let inner = self.inner.clone();
         let abandoned = self.abandoned.clone();
         let owned_key = key.to_string();
+        let what_owned = what.to_string();
         self.pool.submit(Box::new(move || {
-            let r = op(&*inner);
+            // A panicking backend call answers as an error and keeps the worker.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&*inner))).unwrap_or_else(|_| {
+                Err(BackendError::Other(anyhow::anyhow!("{what_owned} {owned_key}: the backend call panicked (a bug)")))
+            });
             Box::new(move || {
                 if write {
                     // Under the lock, so the caller either takes the answer or
