@@ -529,6 +529,43 @@ impl Repository {
         Ok(plain)
     }
 
+    /// Read chunks that lie close together in one pack with one range read
+    /// spanning them all (restore merges a file's neighbouring chunks: on a
+    /// remote backend each request costs more than the bytes between
+    /// them), then open, decompress and re-hash each as `read_chunk` does.
+    /// The span ends at the last chunk's padded end, as single reads do.
+    pub fn read_chunks(&self, chunks: &[(ChunkId, ChunkLocation)]) -> Result<Vec<Vec<u8>>> {
+        let first = match chunks {
+            [] => return Ok(Vec::new()),
+            [(id, loc)] => return Ok(vec![self.read_chunk(id, loc)?]),
+            [(_, first), ..] => first,
+        };
+        let key = first.pack.object_key();
+        ensure!(chunks.iter().all(|(_, l)| l.pack == first.pack), "internal error: one read across packs");
+        let start = chunks.iter().map(|(_, l)| l.offset).min().unwrap_or(0);
+        let end = chunks.iter().map(|(_, l)| l.offset + pack::padded_len(l.sealed_len)).max().unwrap_or(0);
+        let body = self
+            .backend
+            .get(&key, Some(start..end))
+            .map_err(backend_err)
+            .with_context(|| format!("cannot read {} chunks from pack {key}", chunks.len()))?;
+        let mut out = Vec::with_capacity(chunks.len());
+        for (id, loc) in chunks {
+            let at = (loc.offset - start) as usize;
+            let sealed =
+                body.get(at..at + loc.sealed_len as usize).with_context(|| format!("pack {key} is truncated"))?;
+            let plain = pack::open_chunk(&self.sealer, id, sealed, loc.raw_len)
+                .with_context(|| format!("chunk {} in pack {key} is corrupt", &id.to_hex()[..16]))?;
+            ensure!(
+                self.keys.chunk_id(&plain) == *id,
+                "chunk {} in pack {key} does not hash to its id",
+                &id.to_hex()[..16]
+            );
+            out.push(plain);
+        }
+        Ok(out)
+    }
+
     /// Read a pack's own index from its tail (two small range reads).
     pub fn read_pack_index(&self, pack: &PackId, size: u64) -> Result<Vec<PackEntry>> {
         self.read_pack_index_counted(pack, size, &mut 0)

@@ -7,12 +7,17 @@
 use std::fmt;
 use std::ops::Range;
 
+pub mod counting;
 pub mod fault;
 pub mod local;
 pub mod memory;
+pub mod ratelimit;
 pub mod retry;
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod timeout;
+
+pub use counting::{RequestCounter, RequestCounts};
 
 #[derive(Debug)]
 pub enum BackendError {
@@ -75,16 +80,23 @@ pub trait Backend: Send + Sync {
     fn delete_many(&self, keys: &[String]) -> BResult<()> {
         keys.iter().try_for_each(|k| self.delete(k))
     }
-    /// Whether a request costs a network round trip (then more of them are
-    /// kept in flight).
-    fn is_remote(&self) -> bool {
-        false
-    }
     /// Remove what interrupted runs left that bills or takes space but is no
     /// object (S3: multipart uploads started over an hour ago). Returns how
     /// many were removed. Decorators must forward it.
     fn cleanup_interrupted(&self) -> BResult<u64> {
         Ok(0)
+    }
+    /// The requests made so far, when something counts them: a backend
+    /// that knows its real requests (HTTP requests, multipart parts, list
+    /// pages) answers its own; decorators forward the inner answer, and
+    /// `open` puts a `CountingBackend` over a backend that answers `None`.
+    fn requests(&self) -> Option<RequestCounts> {
+        None
+    }
+    /// Whether each request crosses a network (tens to hundreds of ms), so
+    /// runs keep more requests in flight (`connections`).
+    fn is_remote(&self) -> bool {
+        false
     }
 }
 
@@ -106,19 +118,10 @@ pub struct S3Settings {
     pub pack_storage_class: Option<String>,
     /// Objects larger than this many bytes go up in parts (at least 5 MiB).
     pub multipart_threshold: Option<u64>,
-    /// Seconds one request may take before it counts as failed (and is
-    /// retried by the retry decorator).
-    pub request_timeout_secs: Option<u64>,
     /// Access key id and secret, for programs that use the library. The
     /// agent itself never sets them: it takes credentials from the standard
     /// AWS chain (environment, profile, web identity, instance metadata).
     pub credentials: Option<(String, String)>,
-}
-
-/// Everything a backend may need besides its URL.
-#[derive(Clone, Debug, Default)]
-pub struct BackendSettings {
-    pub s3: S3Settings,
 }
 
 /// Keys are `/`-separated names of `[A-Za-z0-9._-]`, never `.` or `..`:
@@ -134,43 +137,108 @@ pub fn check_key(key: &str) -> BResult<()> {
     if ok { Ok(()) } else { Err(BackendError::Other(anyhow::anyhow!("invalid object key {key:?}"))) }
 }
 
-/// Open the backend a repository URL names, wrapped in the decorators every
-/// run uses: bounded retries of transient failures, and (tests only) the
-/// fault injection that `N2S_FAULT_BACKEND` asks for, beneath the retries.
-pub fn open(url: &str) -> anyhow::Result<std::sync::Arc<dyn Backend>> {
-    open_with(url, &BackendSettings::default())
+/// How the decorators of `open_with` are set.
+#[derive(Clone, Debug)]
+pub struct BackendOptions {
+    /// Each request's deadline (`request_timeout_secs`).
+    pub request_timeout: std::time::Duration,
+    /// Bytes per second of put bodies, of all threads together; `None`: no limit.
+    pub limit_upload: Option<u64>,
+    /// Bytes per second of get bodies; `None`: no limit.
+    pub limit_download: Option<u64>,
+    /// How to reach an s3:// repository.
+    pub s3: S3Settings,
 }
 
-/// `open`, with the settings of the backend the URL names.
-pub fn open_with(url: &str, settings: &BackendSettings) -> anyhow::Result<std::sync::Arc<dyn Backend>> {
-    let mut b: std::sync::Arc<dyn Backend> = std::sync::Arc::from(open_url_with(url, settings)?);
+/// Generous: a 16 MiB pack over a 2 Mbit/s uplink takes about 70 s.
+pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            limit_upload: None,
+            limit_download: None,
+            s3: S3Settings::default(),
+        }
+    }
+}
+
+/// `open_with` and the default options.
+pub fn open(url: &str) -> anyhow::Result<std::sync::Arc<dyn Backend>> {
+    open_with(url, &BackendOptions::default())
+}
+
+/// Open the backend a repository URL names, inside the decorators every
+/// run uses. From the caller down:
+///
+/// ```text
+/// retry ─▶ rate limit ─▶ timeout ─▶ [fault injection] ─▶ counting ─▶ backend
+/// ```
+///
+/// - retry is outermost, so every failed attempt below it (a timeout, an
+///   injected fault, a short ranged read) is retried the same way;
+/// - the rate limit charges each attempt (a retried upload is sent again),
+///   and waits for its tokens before the request's deadline starts;
+/// - the timeout runs each attempt on its worker pool, faults included, so
+///   an injected hang or slow call meets the deadline as a real one would;
+/// - counting sits on the backend itself and counts every request that
+///   reaches it, each retry included; a backend that counts its own
+///   requests gets none.
+pub fn open_with(url: &str, opts: &BackendOptions) -> anyhow::Result<std::sync::Arc<dyn Backend>> {
+    use std::sync::Arc;
+    let bare: Arc<dyn Backend> = Arc::from(open_url_with(url, opts)?);
+    let mut b: Arc<dyn Backend> =
+        if bare.requests().is_some() { bare } else { Arc::new(counting::CountingBackend::new(bare)) };
     if let Ok(spec) = std::env::var("N2S_FAULT_BACKEND") {
-        b = std::sync::Arc::new(fault::FaultBackend::new(b, fault::FaultRule::parse_list(&spec)?));
+        let rules = fault::FaultRule::parse_list(&spec)?;
+        let seed = match std::env::var("N2S_FAULT_SEED") {
+            Ok(v) => v.parse().map_err(|_| anyhow::anyhow!("N2S_FAULT_SEED={v:?} is not a number"))?,
+            Err(_) => {
+                let mut r = [0u8; 8];
+                getrandom::fill(&mut r).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+                let seed = u64::from_le_bytes(r);
+                if rules.iter().any(fault::FaultRule::is_random) {
+                    log::warn!("fault injection: N2S_FAULT_SEED={seed} (set it to repeat this run)");
+                }
+                seed
+            }
+        };
+        b = Arc::new(fault::FaultBackend::with_seed(b, rules, seed));
+    }
+    b = Arc::new(timeout::TimeoutBackend::new(b, opts.request_timeout));
+    if opts.limit_upload.is_some() || opts.limit_download.is_some() {
+        b = Arc::new(ratelimit::RateLimitBackend::new(b, opts.limit_upload, opts.limit_download));
     }
     let mut policy = retry::RetryPolicy::default();
+    // For tests: retries without the production pauses, and more of them
+    // for campaigns of random faults.
     if let Some(ms) = std::env::var("N2S_RETRY_BASE_MS").ok().and_then(|v| v.parse().ok()) {
-        // For tests: retries without the production pauses.
         policy.base_delay = std::time::Duration::from_millis(ms);
         policy.max_delay = policy.base_delay * 8;
     }
-    Ok(std::sync::Arc::new(retry::RetryBackend::new(b, policy)))
+    if let Some(n) = std::env::var("N2S_RETRY_ATTEMPTS").ok().and_then(|v| v.parse::<u32>().ok()) {
+        policy.attempts = n.max(1);
+    }
+    Ok(Arc::new(retry::RetryBackend::new(b, policy)))
 }
 
 /// Open the bare backend a repository URL names.
 pub fn open_url(url: &str) -> anyhow::Result<Box<dyn Backend>> {
-    open_url_with(url, &BackendSettings::default())
+    open_url_with(url, &BackendOptions::default())
 }
 
-pub fn open_url_with(url: &str, settings: &BackendSettings) -> anyhow::Result<Box<dyn Backend>> {
+/// The bare backend, with the settings of its kind.
+pub fn open_url_with(url: &str, opts: &BackendOptions) -> anyhow::Result<Box<dyn Backend>> {
     if url.starts_with("s3://") {
         #[cfg(feature = "s3")]
-        return Ok(Box::new(s3::S3Backend::open(url, &settings.s3)?));
+        return Ok(Box::new(s3::S3Backend::open(url, &opts.s3, opts.request_timeout)?));
         #[cfg(not(feature = "s3"))]
         anyhow::bail!(
             "repository URL {url:?}: this n2s-agent was built without S3 support: rebuild it with the `s3` cargo feature (on by default)"
         );
     }
-    let _ = settings;
+    let _ = opts;
     let path = if let Some(rest) = url.strip_prefix("file://") {
         rest
     } else if url.starts_with('/') {

@@ -2,7 +2,11 @@
 //! backend: every read, write, list, stat and delete goes through the same
 //! bounded retry, so no caller has a retry loop of its own.
 //!
-//! Only `BackendError::Transient` is retried. A retried `put_if_absent`
+//! Only `BackendError::Transient` is retried. A ranged get whose body is not
+//! the length of its range (a connection cut short, a truncating proxy) is
+//! made a transient error here, so every caller gets whole ranges or a
+//! retry; a whole-object get's length only its backend can check (S3 against
+//! Content-Length). A retried `put_if_absent`
 //! whose first attempt landed answers `AlreadyExists`; callers that care
 //! (manifest headers) compare what is stored with what they meant to store.
 
@@ -84,7 +88,21 @@ impl Backend for RetryBackend {
         self.run("storing", key, || self.inner.put_if_absent(key, data))
     }
     fn get(&self, key: &str, range: Option<Range<u64>>) -> BResult<Vec<u8>> {
-        self.run("reading", key, || self.inner.get(key, range.clone()))
+        self.run("reading", key, || {
+            let body = self.inner.get(key, range.clone())?;
+            match &range {
+                Some(r) if body.len() as u64 != r.end.saturating_sub(r.start) => {
+                    Err(BackendError::Transient(anyhow::anyhow!(
+                        "short read: {} bytes for the range {}..{} of {} bytes",
+                        body.len(),
+                        r.start,
+                        r.end,
+                        r.end.saturating_sub(r.start)
+                    )))
+                }
+                _ => Ok(body),
+            }
+        })
     }
     fn list(&self, prefix: &str) -> BResult<Vec<ObjectInfo>> {
         self.run("listing", prefix, || self.inner.list(prefix))
@@ -97,6 +115,9 @@ impl Backend for RetryBackend {
     }
     fn delete_many(&self, keys: &[String]) -> BResult<()> {
         self.run("deleting", &format!("{} objects", keys.len()), || self.inner.delete_many(keys))
+    }
+    fn requests(&self) -> Option<RequestCounts> {
+        self.inner.requests()
     }
     fn is_remote(&self) -> bool {
         self.inner.is_remote()
@@ -142,6 +163,27 @@ mod tests {
         let r = RetryBackend::new(bad.clone(), quick());
         assert!(matches!(r.put_if_absent("data/cd/y", b"x"), Err(BackendError::Other(_))));
         assert_eq!(bad.injected(), 1);
+    }
+
+    /// A short ranged read is retried, never handed to the caller.
+    #[test]
+    fn a_short_ranged_read_is_retried() {
+        let mem: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        mem.put_if_absent("data/ab/x", b"0123456789").unwrap();
+        let cut = Arc::new(FaultBackend::new(mem.clone(), vec![FaultRule::parse("get:truncate:every:2").unwrap()]));
+        let r = RetryBackend::new(cut.clone(), quick());
+        for _ in 0..4 {
+            assert_eq!(r.get("data/ab/x", Some(2..9)).unwrap(), b"2345678");
+        }
+        assert!(cut.injected() >= 2, "truncations were injected and absorbed");
+        let dead = Arc::new(FaultBackend::new(mem, vec![FaultRule::parse("get:truncate:every:1").unwrap()]));
+        let e = RetryBackend::new(dead, quick()).get("data/ab/x", Some(0..10)).unwrap_err();
+        assert!(matches!(e, BackendError::Transient(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("reading data/ab/x still failing after 4 attempts: short read: 5 bytes for the range 0..10"),
+            "{e}"
+        );
     }
 
     #[test]

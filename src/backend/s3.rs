@@ -25,7 +25,7 @@
 //!   what this file marks `Transient`, the same way for every backend.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -34,18 +34,6 @@ use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, CompletedMultipartUploa
 use base64::Engine as _;
 
 use super::*;
-
-/// Requests made, by kind, and bytes moved: what a run reports.
-#[derive(Debug, Default)]
-pub struct S3Counts {
-    pub put: AtomicU64,
-    pub get: AtomicU64,
-    pub list: AtomicU64,
-    pub head: AtomicU64,
-    pub delete: AtomicU64,
-    pub bytes_up: AtomicU64,
-    pub bytes_down: AtomicU64,
-}
 
 const COND_UNKNOWN: u8 = 0;
 const COND_YES: u8 = 1;
@@ -64,7 +52,9 @@ pub struct S3Backend {
     part_size: u64,
     /// Does the server honour `If-None-Match: *` on PUT?
     conditional: AtomicU8,
-    pub counts: S3Counts,
+    /// Every real HTTP request (multipart parts and list pages each
+    /// count), which `requests()` reports.
+    pub counts: RequestCounter,
 }
 
 /// `s3://bucket/prefix` → (bucket, "prefix/").
@@ -113,7 +103,7 @@ fn pack_class(name: &str) -> anyhow::Result<StorageClass> {
 }
 
 impl S3Backend {
-    pub fn open(url: &str, settings: &S3Settings) -> anyhow::Result<S3Backend> {
+    pub fn open(url: &str, settings: &S3Settings, timeout: Duration) -> anyhow::Result<S3Backend> {
         let (bucket, prefix) = parse_url(url)?;
         let pack_class = settings.pack_storage_class.as_deref().map(pack_class).transpose()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -122,7 +112,6 @@ impl S3Backend {
             .enable_all()
             .build()
             .map_err(|e| anyhow::anyhow!("cannot start the S3 client's runtime: {e}"))?;
-        let timeout = Duration::from_secs(settings.request_timeout_secs.unwrap_or(120).max(1));
         let endpoint_setting = settings.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
         let region = settings
             .region
@@ -177,7 +166,7 @@ impl S3Backend {
             multipart_threshold: threshold,
             part_size: 16 << 20,
             conditional: AtomicU8::new(COND_UNKNOWN),
-            counts: S3Counts::default(),
+            counts: RequestCounter::new(),
         })
     }
 
@@ -267,12 +256,9 @@ impl S3Backend {
         if let Some(c) = self.class_for(key) {
             req = req.storage_class(c);
         }
-        self.counts.put.fetch_add(1, Ordering::Relaxed);
+        self.counts.put(data.len() as u64);
         match req.send().await {
-            Ok(_) => {
-                self.counts.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
-                Ok(PutOutcome::Created)
-            }
+            Ok(_) => Ok(PutOutcome::Created),
             Err(e) => {
                 let status = e.raw_response().map(|r| r.status().as_u16());
                 if conditional && status == Some(412) {
@@ -287,7 +273,7 @@ impl S3Backend {
     }
 
     async fn head(&self, full: &str, key: &str) -> BResult<Option<u64>> {
-        self.counts.head.fetch_add(1, Ordering::Relaxed);
+        self.counts.head();
         match self.client.head_object().bucket(&self.bucket).key(full).send().await {
             Ok(o) => Ok(Some(o.content_length().unwrap_or(0).max(0) as u64)),
             Err(e) => match self.map_err("checking", key, e) {
@@ -307,7 +293,7 @@ impl S3Backend {
         if let Some(c) = self.class_for(key) {
             create = create.storage_class(c);
         }
-        self.counts.put.fetch_add(1, Ordering::Relaxed);
+        self.counts.put(0);
         let up = create.send().await.map_err(|e| self.map_err("starting a multipart upload of", key, e))?;
         let id = up.upload_id().unwrap_or_default().to_string();
         let result = async {
@@ -315,7 +301,7 @@ impl S3Backend {
             for (i, part) in data.chunks(self.part_size as usize).enumerate() {
                 let n = i as i32 + 1;
                 let sum = crc32c_b64(part);
-                self.counts.put.fetch_add(1, Ordering::Relaxed);
+                self.counts.put(part.len() as u64);
                 let r = self
                     .client
                     .upload_part()
@@ -329,7 +315,6 @@ impl S3Backend {
                     .send()
                     .await
                     .map_err(|e| self.map_err("uploading a part of", key, e))?;
-                self.counts.bytes_up.fetch_add(part.len() as u64, Ordering::Relaxed);
                 parts.push(
                     CompletedPart::builder()
                         .part_number(n)
@@ -348,7 +333,7 @@ impl S3Backend {
             if self.conditional.load(Ordering::Relaxed) != COND_NO {
                 done = done.if_none_match("*");
             }
-            self.counts.put.fetch_add(1, Ordering::Relaxed);
+            self.counts.put(0);
             match done.send().await {
                 Ok(_) => Ok(PutOutcome::Created),
                 Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(412) => Ok(PutOutcome::AlreadyExists),
@@ -358,7 +343,7 @@ impl S3Backend {
         .await;
         if !matches!(result, Ok(PutOutcome::Created)) {
             // Never leave parts behind to bill forever.
-            self.counts.delete.fetch_add(1, Ordering::Relaxed);
+            self.counts.delete();
             let _ = self.client.abort_multipart_upload().bucket(&self.bucket).key(full).upload_id(&id).send().await;
         }
         result
@@ -374,7 +359,7 @@ impl S3Backend {
             let mut upload_marker: Option<String> = None;
             let cutoff = std::time::SystemTime::now() - older_than;
             loop {
-                self.counts.list.fetch_add(1, Ordering::Relaxed);
+                self.counts.list();
                 let page = self
                     .client
                     .list_multipart_uploads()
@@ -403,7 +388,7 @@ impl S3Backend {
                     if started.is_some_and(|s| s < cutoff)
                         && let (Some(k), Some(id)) = (u.key(), u.upload_id())
                     {
-                        self.counts.delete.fetch_add(1, Ordering::Relaxed);
+                        self.counts.delete();
                         self.client
                             .abort_multipart_upload()
                             .bucket(&self.bucket)
@@ -439,6 +424,10 @@ impl Backend for S3Backend {
         true
     }
 
+    fn requests(&self) -> Option<RequestCounts> {
+        Some(self.counts.snapshot())
+    }
+
     fn cleanup_interrupted(&self) -> BResult<u64> {
         // An hour: a younger upload may be another agent's, still running.
         // (Tests shorten it; nothing else may.)
@@ -465,7 +454,7 @@ impl Backend for S3Backend {
                 .quiet(true)
                 .build()
                 .map_err(|e| BackendError::Other(anyhow::anyhow!("cannot build a delete request: {e}")))?;
-            self.counts.delete.fetch_add(1, Ordering::Relaxed);
+            self.counts.delete();
             let out = self
                 .block(self.client.delete_objects().bucket(&self.bucket).delete(delete).send())
                 .map_err(|e| self.map_err("deleting", &batch[0], e))?;
@@ -533,8 +522,8 @@ impl Backend for S3Backend {
                 Some(r) => req = req.range(format!("bytes={}-{}", r.start, r.end - 1)),
                 None => req = req.checksum_mode(ChecksumMode::Enabled),
             }
-            self.counts.get.fetch_add(1, Ordering::Relaxed);
             let out = req.send().await.map_err(|e| {
+                self.counts.get(0);
                 // A range starting past the end: an error of the caller, not a retry.
                 if e.raw_response().map(|r| r.status().as_u16()) == Some(416) {
                     return BackendError::Other(anyhow::anyhow!("range {range:?} is outside object {key}"));
@@ -549,7 +538,7 @@ impl Backend for S3Backend {
                 .map_err(|e| BackendError::Transient(anyhow::anyhow!("S3 read of {key} broke off: {e}")))?
                 .into_bytes()
                 .to_vec();
-            self.counts.bytes_down.fetch_add(body.len() as u64, Ordering::Relaxed);
+            self.counts.get(body.len() as u64);
             match &range {
                 // Some servers answer a range past the end with what they
                 // have: a short body is an error (retried once it passes).
@@ -584,7 +573,7 @@ impl Backend for S3Backend {
             let mut out = Vec::new();
             let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full).into_paginator().send();
             while let Some(page) = {
-                self.counts.list.fetch_add(1, Ordering::Relaxed);
+                self.counts.list();
                 pages.next().await
             } {
                 let page = page.map_err(|e| self.map_err("listing", prefix, e))?;
@@ -605,7 +594,7 @@ impl Backend for S3Backend {
     fn delete(&self, key: &str) -> BResult<()> {
         let full = self.full(key)?;
         self.block(async {
-            self.counts.delete.fetch_add(1, Ordering::Relaxed);
+            self.counts.delete();
             match self.client.delete_object().bucket(&self.bucket).key(&full).send().await {
                 Ok(_) => Ok(()),
                 Err(e) => match self.map_err("deleting", key, e) {

@@ -153,6 +153,21 @@ fn print_summary(s: &ChangesetSummary) {
     );
 }
 
+/// The requests a run made, for its last line: what a remote repository
+/// bills, and where a slow run spent its time.
+pub(super) fn requests_line(r: &crate::backend::RequestCounts) -> String {
+    format!(
+        "backend requests: {} PUT, {} GET, {} LIST, {} HEAD, {} DELETE; {} up, {} down",
+        r.put,
+        r.get,
+        r.list,
+        r.head,
+        r.delete,
+        human_bytes(r.bytes_up),
+        human_bytes(r.bytes_down)
+    )
+}
+
 /// A test-only knob read from the environment (like N2S_FAULT).
 fn knob(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -162,6 +177,7 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
     let ctx = Ctx::open(g)?;
     let specs = dataset_specs(&ctx, &a)?;
     let mut opts = BackupOptions::default();
+    opts.upload.uploaders = ctx.settings.connections_for(&*ctx.repo.backend);
     if let Some(mb) = ctx.settings.file.pack_size_mb {
         opts.upload.pack_target = (mb.clamp(1, 512) as usize) << 20;
     }
@@ -229,11 +245,18 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
             }
         }
     }
+    // Every request of this run: the backend is opened once per run.
+    let requests = ctx.repo.backend.requests();
     if a.json {
-        super::output::print_json(&serde_json::json!({ "changesets": all, "abandoned": abandoned, "errors": errors }))?;
+        super::output::print_json(&serde_json::json!({
+            "changesets": all, "abandoned": abandoned, "errors": errors, "requests": requests,
+        }))?;
     } else {
         for s in &all {
             print_summary(s);
+        }
+        if let Some(r) = &requests {
+            println!("{}", requests_line(r));
         }
     }
     let problems: u64 = all.iter().map(|s| s.problems_total).sum();

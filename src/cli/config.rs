@@ -49,8 +49,6 @@ pub struct S3Config {
     pub pack_storage_class: Option<String>,
     /// Objects larger than this go up in parts (default 64, at least 5).
     pub multipart_threshold_mb: Option<u64>,
-    /// Seconds a request may take before it is retried (default 120).
-    pub request_timeout_secs: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -67,6 +65,17 @@ pub struct FileConfig {
     /// was read (default false: a warning; snapshots never change).
     pub fail_on_changed_files: Option<bool>,
     pub s3: Option<S3Config>,
+    /// Seconds before one backend request is given up and retried
+    /// (default 120).
+    pub request_timeout_secs: Option<u64>,
+    /// Upload at most this many KiB/s, all threads together (0: no limit).
+    pub limit_upload_kib: Option<u64>,
+    /// Download at most this many KiB/s (0: no limit).
+    pub limit_download_kib: Option<u64>,
+    /// Backend requests in flight at once: uploader threads of a backup,
+    /// workers of a restore (default 8 for a remote backend, 2 uploaders
+    /// for a local one).
+    pub connections: Option<usize>,
     #[serde(default)]
     pub dataset: Vec<DatasetConfig>,
 }
@@ -118,13 +127,23 @@ impl FileConfig {
     }
 }
 
+/// Most backend requests in flight that `connections` may ask for.
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// The settings a command runs with, resolved from flags, env and file.
 pub struct Settings {
     pub repo: String,
     pub key_file: PathBuf,
     pub state_dir: PathBuf,
-    pub backend: crate::backend::BackendSettings,
+    /// How to reach an s3:// repository.
+    pub s3: crate::backend::S3Settings,
     pub file: FileConfig,
+    pub request_timeout: std::time::Duration,
+    /// KiB/s; `None`: no limit.
+    pub limit_upload_kib: Option<u64>,
+    pub limit_download_kib: Option<u64>,
+    /// As given; `None`: the backend's default (`connections_for`).
+    pub connections: Option<usize>,
 }
 
 impl Settings {
@@ -141,19 +160,67 @@ impl Settings {
         })?;
         let state_dir =
             g.state_dir.clone().or_else(|| file.state_dir.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        let s3 = file.s3.clone().unwrap_or_default();
-        let backend = crate::backend::BackendSettings {
-            s3: crate::backend::S3Settings {
-                endpoint: g.s3_endpoint.clone().or(s3.endpoint),
-                region: g.s3_region.clone().or(s3.region),
-                path_style: g.s3_path_style || s3.path_style.unwrap_or(false),
-                pack_storage_class: s3.pack_storage_class,
-                multipart_threshold: s3.multipart_threshold_mb.map(|mb| mb.max(5) << 20),
-                request_timeout_secs: s3.request_timeout_secs,
-                credentials: None,
-            },
+        let request_timeout = match file.request_timeout_secs {
+            None => crate::backend::DEFAULT_REQUEST_TIMEOUT,
+            Some(0) => {
+                return Err(UsageError(
+                    "request_timeout_secs = 0 in the config file: give the seconds one backend request may take (default 120)"
+                        .into(),
+                )
+                .into());
+            }
+            Some(s) => std::time::Duration::from_secs(s),
         };
-        Ok(Settings { repo, key_file, state_dir, backend, file })
+        // 0 means no limit, as for rsync and rclone.
+        let limit = |flag: Option<u64>, file: Option<u64>| flag.or(file).filter(|&k| k > 0);
+        let connections = match (g.connections, file.connections) {
+            (Some(n), _) if !(1..=MAX_CONNECTIONS).contains(&n) => {
+                return Err(UsageError(format!("--connections {n}: give 1 to {MAX_CONNECTIONS}")).into());
+            }
+            (None, Some(n)) if !(1..=MAX_CONNECTIONS).contains(&n) => {
+                return Err(
+                    UsageError(format!("connections = {n} in the config file: give 1 to {MAX_CONNECTIONS}")).into()
+                );
+            }
+            (flag, file) => flag.or(file),
+        };
+        let s3 = file.s3.clone().unwrap_or_default();
+        let s3 = crate::backend::S3Settings {
+            endpoint: g.s3_endpoint.clone().or(s3.endpoint),
+            region: g.s3_region.clone().or(s3.region),
+            path_style: g.s3_path_style || s3.path_style.unwrap_or(false),
+            pack_storage_class: s3.pack_storage_class,
+            multipart_threshold: s3.multipart_threshold_mb.map(|mb| mb.max(5) << 20),
+            credentials: None,
+        };
+        Ok(Settings {
+            repo,
+            key_file,
+            state_dir,
+            s3,
+            request_timeout,
+            limit_upload_kib: limit(g.limit_upload, file.limit_upload_kib),
+            limit_download_kib: limit(g.limit_download, file.limit_download_kib),
+            connections,
+            file,
+        })
+    }
+
+    /// How the backend's decorators are set.
+    pub fn backend_options(&self) -> crate::backend::BackendOptions {
+        crate::backend::BackendOptions {
+            request_timeout: self.request_timeout,
+            limit_upload: self.limit_upload_kib.map(|k| k.saturating_mul(1024)),
+            limit_download: self.limit_download_kib.map(|k| k.saturating_mul(1024)),
+            s3: self.s3.clone(),
+        }
+    }
+
+    /// Requests to keep in flight: as given, else 8 on a remote backend
+    /// (each request waits 20-200 ms on the network) and 2 on a local one
+    /// (the disk is the limit there, not the latency).
+    pub fn connections_for(&self, backend: &dyn crate::backend::Backend) -> usize {
+        self.connections.unwrap_or(if backend.is_remote() { 8 } else { 2 })
     }
 }
 
@@ -188,6 +255,48 @@ mod tests {
         std::fs::write(&p, "[[dataset]]\nname = \"a\"\nsource = \"nfs\"\n").unwrap();
         assert!(FileConfig::load(Some(&p)).is_err());
         assert!(FileConfig::load(Some(&dir.path().join("missing.toml"))).is_err());
+    }
+
+    fn settings(args: &[&str], file: &str) -> Result<Settings> {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, format!("repo = \"/srv/r\"\nkey_file = \"/k\"\n{file}")).unwrap();
+        let mut argv = vec!["n2s-agent".to_string(), "--config".into(), p.display().to_string()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        argv.push("status".into());
+        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+        Settings::resolve(&cli.global)
+    }
+
+    #[test]
+    fn request_settings_come_from_flags_then_the_file() {
+        let s = settings(&[], "").unwrap();
+        assert_eq!(s.request_timeout, std::time::Duration::from_secs(120));
+        assert_eq!((s.limit_upload_kib, s.limit_download_kib, s.connections), (None, None, None));
+        let local = crate::backend::memory::MemoryBackend::new();
+        assert_eq!(s.connections_for(&local), 2);
+
+        let file = "request_timeout_secs = 30\nlimit_upload_kib = 512\nlimit_download_kib = 0\nconnections = 4\n";
+        let s = settings(&[], file).unwrap();
+        assert_eq!(s.request_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(s.limit_upload_kib, Some(512));
+        assert_eq!(s.limit_download_kib, None, "0 is no limit");
+        assert_eq!(s.connections_for(&local), 4);
+        let o = s.backend_options();
+        assert_eq!((o.limit_upload, o.limit_download), (Some(512 << 10), None));
+
+        let s = settings(&["--limit-upload", "0", "--limit-download", "64", "--connections", "16"], file).unwrap();
+        assert_eq!((s.limit_upload_kib, s.limit_download_kib, s.connections), (None, Some(64), Some(16)));
+
+        for (args, file, want) in [
+            (&["--connections", "0"][..], "", "--connections 0"),
+            (&[][..], "connections = 65\n", "connections = 65"),
+            (&[][..], "request_timeout_secs = 0\n", "request_timeout_secs = 0"),
+        ] {
+            let e = settings(args, file).err().unwrap();
+            assert!(e.downcast_ref::<UsageError>().is_some() && e.to_string().contains(want), "{e}");
+        }
     }
 
     proptest! {

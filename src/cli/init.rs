@@ -16,7 +16,7 @@ pub struct InitArgs {
 
 pub fn run(g: &GlobalArgs, a: InitArgs) -> Result<ExitCode> {
     let s = super::config::Settings::resolve(g)?;
-    let backend = crate::backend::open_with(&s.repo, &s.backend)?;
+    let backend = crate::backend::open_with(&s.repo, &s.backend_options())?;
     // Check first, so an existing repository (even one whose config is
     // lost) never costs a stray key file.
     Repository::check_location_is_free(&*backend)?;

@@ -81,6 +81,16 @@ pub struct GlobalArgs {
     /// other than AWS need.
     #[arg(long, global = true, env = "N2S_S3_PATH_STYLE")]
     pub s3_path_style: bool,
+    /// Upload at most this many KiB/s, all threads together (0: no limit).
+    #[arg(long, global = true, env = "N2S_LIMIT_UPLOAD", value_name = "KIB_PER_S")]
+    pub limit_upload: Option<u64>,
+    /// Download at most this many KiB/s, all threads together (0: no limit).
+    #[arg(long, global = true, env = "N2S_LIMIT_DOWNLOAD", value_name = "KIB_PER_S")]
+    pub limit_download: Option<u64>,
+    /// Backend requests in flight at once: uploaders of a backup, workers of
+    /// a restore (default 8 for a remote backend, 2 uploaders for a local one).
+    #[arg(long, global = true, env = "N2S_CONNECTIONS", value_name = "N")]
+    pub connections: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -124,7 +134,7 @@ impl Ctx {
     pub fn open(g: &GlobalArgs) -> Result<Ctx> {
         let settings = config::Settings::resolve(g)?;
         let key = MasterKey::load(&settings.key_file)?;
-        let backend = crate::backend::open_with(&settings.repo, &settings.backend)?;
+        let backend = crate::backend::open_with(&settings.repo, &settings.backend_options())?;
         let repo = Arc::new(Repository::open(backend, &key)?);
         let state = StatePaths::new(&settings.state_dir, &repo.config.id)?;
         // Paths a snapshot diff names are sorted on disk past a memory budget.

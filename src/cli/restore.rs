@@ -61,12 +61,15 @@ pub fn run(g: &GlobalArgs, a: RestoreArgs) -> Result<ExitCode> {
             b.strip_suffix(b"/").unwrap_or(b).to_vec()
         })
         .collect();
-    let opts = RestoreOptions {
-        target: a.target.clone(),
-        paths,
-        overwrite: a.overwrite,
-        workers: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
+    // Workers fetch in parallel: on a remote backend (or when asked) as
+    // many as `connections`, else one per core (local reads are cheap and
+    // the work is opening and writing).
+    let workers = if ctx.repo.backend.is_remote() || ctx.settings.connections.is_some() {
+        ctx.settings.connections_for(&*ctx.repo.backend)
+    } else {
+        std::thread::available_parallelism().map_or(2, |n| n.get()).max(2)
     };
+    let opts = RestoreOptions { target: a.target.clone(), paths, overwrite: a.overwrite, workers };
     let report = restore(&ctx.repo, &cat, &ctx.state.index_db(), &cs, &opts)?;
     for w in report.warnings.iter().take(20) {
         log::warn!("{w}");
@@ -77,7 +80,7 @@ pub fn run(g: &GlobalArgs, a: RestoreArgs) -> Result<ExitCode> {
     if a.json {
         super::output::print_json(&serde_json::json!({
             "dataset": dataset, "snapshot": cs.snapshot, "changeset": cs.id,
-            "target": a.target, "report": report,
+            "target": a.target, "report": report, "requests": ctx.repo.backend.requests(),
         }))?;
     } else {
         println!(

@@ -20,7 +20,9 @@ pub fn run(g: &GlobalArgs, a: VerifyArgs) -> Result<ExitCode> {
     let ctx = Ctx::open(g)?;
     let r = verify(&ctx.repo, &ctx.state, a.level)?;
     if a.json {
-        super::output::print_json(&serde_json::to_value(&r)?)?;
+        let mut v = serde_json::to_value(&r)?;
+        v["requests"] = serde_json::to_value(ctx.repo.backend.requests())?;
+        super::output::print_json(&v)?;
     } else {
         println!(
             "verify {:?}: {} packs ({} read), {} chunks checked, {} manifests, {} segments, {} referenced chunks: {}",

@@ -52,6 +52,9 @@ pub struct UploadOptions {
     /// A pack is closed once its blobs pass this many bytes.
     pub pack_target: usize,
     pub sealers: usize,
+    /// Uploader threads: packs being stored at once (the `connections`
+    /// setting). On a remote backend each put waits on the network, so
+    /// more of them in flight hide the latency.
     pub uploaders: usize,
     /// A file with more chunks than this is refused (manifest::MAX_FILE_CHUNKS;
     /// lowered only by tests).
@@ -165,7 +168,12 @@ pub fn upload_changeset(
     let abort = AtomicBool::new(false);
     let (work_tx, work_rx) = bounded::<Work>(opts.sealers * 4);
     let (sealed_tx, sealed_rx) = bounded::<Sealed>(opts.sealers * 4);
-    let (pack_tx, pack_rx) = bounded::<PackJob>(2);
+    // As many finished packs queued as there are uploaders, so none of them
+    // waits on the packer while a pack is ready. Memory stays bounded by
+    // the connections: at most `uploaders` packs queued, `uploaders` being
+    // stored (the timeout decorator holds a copy of each body it sends) and
+    // one being built, each at most the pack target plus one chunk.
+    let (pack_tx, pack_rx) = bounded::<PackJob>(opts.uploaders.max(1));
     let (commit_tx, commit_rx) = bounded::<ToCommitter>(8192);
     // Chunks between the reader and the packer, at most: bounds the packer's
     // reorder buffer whatever the sealers' relative speed.
@@ -348,7 +356,7 @@ pub fn upload_changeset(
         }
 
         // Uploaders.
-        for _ in 0..opts.uploaders {
+        for _ in 0..opts.uploaders.max(1) {
             let pack_rx = pack_rx.clone();
             let commit_tx = commit_tx.clone();
             let abort = &abort;
