@@ -742,6 +742,43 @@ impl Repository {
         Ok(keys)
     }
 
+    /// Learn the packs other agents stored since this index last looked:
+    /// read the pack summaries it has not seen and add the packs they name,
+    /// so a backup deduplicates against what other hosts uploaded. One LIST
+    /// of `index/` and one GET per new summary; unlike `sync_index` it does
+    /// not list `data/`: a summary is written only after its packs are
+    /// confirmed, and a pack lost since is marked lost by `verify`, whose
+    /// mark this keeps. Returns how many packs were added.
+    pub fn learn_summaries(&self, index: &mut ChunkIndex) -> Result<usize> {
+        let now = crate::util::now();
+        let mut added = 0;
+        for key in self.list_summaries()? {
+            if index.knows_summary(&key)? {
+                continue;
+            }
+            let packs = match self.read_summary(&key) {
+                Ok(p) => p,
+                Err(e) => {
+                    log::warn!("pack summary {key} cannot be used ({e:#}): ignoring it");
+                    continue;
+                }
+            };
+            let mut new = Vec::new();
+            for p in &packs {
+                if !index.has_pack(&p.id)? {
+                    new.push(p);
+                }
+            }
+            let covered: Vec<PackId> = packs.iter().map(|p| p.id).collect();
+            added += new.len();
+            index.add_summary(&key, &new, &covered, now)?;
+        }
+        if added > 0 {
+            log::info!("learned {added} packs stored by other agents (from their pack summaries)");
+        }
+        Ok(added)
+    }
+
     /// Read and open one pack summary (its bytes must hash to its key).
     pub fn read_summary(&self, key: &str) -> Result<Vec<SummarizedPack>> {
         let object = self.backend.get(key, None).map_err(backend_err)?;

@@ -237,8 +237,8 @@ fn n(v: &serde_json::Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
 }
 
-/// A first backup stores every pack, segment and header it made, each with
-/// one PUT, and nothing else: the counts say exactly that, and restore and
+/// A first backup stores every pack, segment, pack summary and header it
+/// made, each with one PUT, and nothing else: the counts say exactly that, and restore and
 /// verify report theirs.
 #[test]
 fn request_counts_are_reported_and_right() {
@@ -255,11 +255,12 @@ fn request_counts_are_reported_and_right() {
     let (packs, pack_bytes) = objects(&env, "data");
     let (segments, segment_bytes) = objects(&env, "segments");
     let (headers, header_bytes) = objects(&env, "manifests");
+    let (summaries, summary_bytes) = objects(&env, "index");
     assert_eq!(n(&v["changesets"][0], "packs"), packs);
     assert!(packs >= 6, "{packs} packs");
-    assert_eq!((segments, headers), (1, 1));
-    assert_eq!(n(r, "put"), packs + segments + headers, "{r}");
-    assert_eq!(n(r, "bytes_up"), pack_bytes + segment_bytes + header_bytes, "{r}");
+    assert_eq!((segments, headers, summaries), (1, 1, 1));
+    assert_eq!(n(r, "put"), packs + segments + headers + summaries, "{r}");
+    assert_eq!(n(r, "bytes_up"), pack_bytes + segment_bytes + header_bytes + summary_bytes, "{r}");
     assert_eq!(n(r, "delete"), 0, "{r}");
     assert!(n(r, "get") >= 1 && n(r, "list") >= 1, "the config is read and the packs listed: {r}");
 

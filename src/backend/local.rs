@@ -271,7 +271,7 @@ mod tests {
         assert!(open_url("/srv/repo").is_ok());
         assert!(open_url("file://relative").is_err());
         assert!(open_url("relative/path").is_err());
-        let e = open_url("s3://bucket/x").err().unwrap().to_string();
+        let e = open_url("sftp://host/x").err().unwrap().to_string();
         assert!(e.contains("not built"), "{e}");
     }
 

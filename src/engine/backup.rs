@@ -400,6 +400,17 @@ fn finish_changeset(
 ) -> Result<Finished> {
     let dataset = catalog.dataset().to_string();
     let pending = catalog.count_pending(row.id)?;
+    if pending > 0 {
+        // Other hosts may have stored what this changeset is about to
+        // upload: learn their packs first (a backup with nothing to read
+        // makes no request for it).
+        let mut index = ChunkIndex::open(&state.index_db())?;
+        if let Err(e) = repo.learn_summaries(&mut index) {
+            log::warn!(
+                "{dataset}: cannot read other agents' pack summaries ({e:#}): what they stored may be uploaded again"
+            );
+        }
+    }
     let identity: BTreeMap<String, String> = serde_json::from_str(&row.identity).unwrap_or_default();
     let reader = match source.reader(snap) {
         Ok(r) => r,
