@@ -272,3 +272,49 @@ fn two_hosts_one_bucket_ten_rounds_at_once() {
         }
     }
 }
+
+/// Request economy: a first backup of many small files costs one PUT per
+/// pack plus the manifest and summary objects, and a timer run that finds
+/// nothing new costs no PUT and O(1) LIST requests.
+#[test]
+fn requests_follow_what_is_stored_and_nothing_new_costs_nothing() {
+    for kind in [Kind::Moto, Kind::SeaweedFs] {
+        let Some(env) = Env::on(Target::S3(kind)) else { continue };
+        eprintln!("--- {}", kind.name());
+        env.init();
+        let src = env.path("src");
+        let mut rng = Rng(23);
+        for d in 0..20 {
+            std::fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+            for f in 0..100 {
+                let n = 1000 + rng.below(9000) as usize;
+                std::fs::write(src.join(format!("d{d}/f{f}")), rng.bytes(n)).unwrap();
+            }
+        }
+        let run = |env: &Env| {
+            let out = env
+                .cmd()
+                .env("N2S_PACK_SIZE_KB", "2048")
+                .args(["backup", "--json", "--dataset", "small", "--source", "walk", "--path"])
+                .arg(&src)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        };
+        let first = run(&env);
+        let r = &first["requests"];
+        let cs = &first["changesets"][0];
+        let packs = cs["packs"].as_u64().unwrap();
+        let stored = cs["bytes_uploaded"].as_u64().unwrap();
+        // 2000 files, about 11 MB: 2 MiB packs, so about 6 of them, not 2000.
+        assert!(packs <= stored.div_ceil(2 << 20) + 1, "{packs} packs for {stored} bytes");
+        let manifest_objects = 3; // one segment, one pack summary, one header
+        assert_eq!(r["put"].as_u64().unwrap(), packs + manifest_objects, "{r}");
+        let second = run(&env);
+        let r = &second["requests"];
+        assert!(second["changesets"].as_array().unwrap().is_empty(), "nothing new recorded: {second}");
+        assert_eq!(r["put"], 0, "{r}");
+        assert!(r["list"].as_u64().unwrap() <= 1, "O(1) LIST requests: {r}");
+    }
+}

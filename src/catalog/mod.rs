@@ -611,6 +611,12 @@ impl Catalog {
         self.explain(rows.collect::<rusqlite::Result<_>>())
     }
 
+    /// Whether changeset `cs` has any row at all.
+    pub fn has_rows(&self, cs: i64) -> Result<bool> {
+        let mut st = self.explain(self.conn.prepare_cached("SELECT 1 FROM files WHERE changeset = ?1 LIMIT 1"))?;
+        self.explain(st.exists(params![cs]))
+    }
+
     /// Whether changeset `cs` has a row for `path`.
     pub fn has_row(&self, cs: i64, path: &[u8]) -> Result<bool> {
         let mut st =

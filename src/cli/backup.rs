@@ -195,6 +195,10 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
     if let Some(n) = ctx.settings.file.checkpoint_every {
         opts.checkpoint_every = n.max(1);
     }
+    // A walk run that names no snapshot of its own records nothing when
+    // nothing changed; a label given is always recorded, and so is every
+    // real snapshot (btrfs, zfs).
+    opts.skip_unchanged = a.snapshot.is_none();
     // What an interrupted run left behind (S3: multipart uploads) would
     // bill forever: remove it, once per run.
     match ctx.repo.backend.cleanup_interrupted() {

@@ -34,6 +34,10 @@ pub struct BackupOptions {
     /// Chunk ids per manifest record before a continuation record
     /// (manifest::CHUNKS_PER_RECORD; lowered only by tests).
     pub chunks_per_record: usize,
+    /// Record nothing for a snapshot with no change at all (a walk run that
+    /// was given no label of its own): a timer that finds nothing new
+    /// stores nothing, not even a manifest header.
+    pub skip_unchanged: bool,
 }
 
 impl Default for BackupOptions {
@@ -42,6 +46,7 @@ impl Default for BackupOptions {
             upload: UploadOptions::default(),
             checkpoint_every: 16,
             chunks_per_record: manifest::CHUNKS_PER_RECORD,
+            skip_unchanged: false,
         }
     }
 }
@@ -202,6 +207,11 @@ pub fn backup_dataset(
         })?;
         log::info!("{dataset}: finding changes for snapshot {} (changeset {})", snap.name, row.id);
         let listed = list_changes(state, &mut catalog, source, &snap, row.id, prior_at)?;
+        if opts.skip_unchanged && prior_at.is_some() && listed.problems.is_empty() && !catalog.has_rows(row.id)? {
+            log::info!("{dataset}: nothing changed since the last backup: nothing stored");
+            catalog.discard_changeset(row.id)?;
+            continue;
+        }
         catalog.set_listed(row.id, now(), &listed.method)?;
         fault::hit("listed");
         let row = catalog.changeset(row.id)?.context("changeset vanished")?;
