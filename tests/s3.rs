@@ -318,3 +318,68 @@ fn requests_follow_what_is_stored_and_nothing_new_costs_nothing() {
         assert!(r["list"].as_u64().unwrap() <= 1, "O(1) LIST requests: {r}");
     }
 }
+
+/// A proxy (tests/fixtures/s3_proxy.py) in front of moto, behaving as some
+/// S3 servers and AWS do and the test servers do not; killed when dropped.
+struct Proxy {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proxy(mode: &str, upstream: &Server) -> Proxy {
+    use std::io::BufRead;
+    let port = upstream.endpoint.rsplit(':').next().unwrap().to_string();
+    let script = format!("{}/tests/fixtures/s3_proxy.py", env!("CARGO_MANIFEST_DIR"));
+    let mut child = std::process::Command::new("python3")
+        .args([script.as_str(), mode, port.as_str()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the proxy");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    Proxy { child, endpoint: format!("http://127.0.0.1:{}", line.trim()) }
+}
+
+#[test]
+fn without_conditional_writes_the_backend_falls_back_to_head_then_put() {
+    let Some(server) = common::s3::server(Kind::Moto) else { return };
+    let p = proxy("noconditional", server);
+    let settings = S3Settings {
+        endpoint: Some(p.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        path_style: true,
+        credentials: Some(("n2s-test".into(), "n2s-test-secret".into())),
+        ..Default::default()
+    };
+    let b = S3Backend::open(&server.new_location(), &settings, std::time::Duration::from_secs(60)).unwrap();
+    assert_eq!(b.put_if_absent("segments/a", b"one").unwrap(), PutOutcome::Created);
+    assert_eq!(b.put_if_absent("segments/a", b"two").unwrap(), PutOutcome::AlreadyExists);
+    assert_eq!(b.get("segments/a", None).unwrap(), b"one");
+    let r = b.requests().unwrap();
+    // One refused conditional PUT, then HEAD + PUT, then HEAD only.
+    assert_eq!((r.put, r.head), (2, 2), "{r:?}");
+}
+
+#[test]
+fn a_refused_access_and_another_region_name_the_setting_to_fix() {
+    let Some(env) = Env::on(Target::S3(Kind::Moto)) else { return };
+    env.init();
+    let server = common::s3::server(Kind::Moto).unwrap();
+    for (mode, want) in [("forbidden", "check the credentials"), ("region", "--s3-region")] {
+        let p = proxy(mode, server);
+        let out = env.cmd().env("N2S_S3_ENDPOINT", &p.endpoint).arg("list").output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{mode}");
+        let e = stderr(&out);
+        assert!(e.contains(want) && e.trim().lines().count() == 1, "{mode}: {e}");
+        if mode == "region" {
+            assert!(e.contains("eu-west-1"), "the bucket's region is named: {e}");
+        }
+    }
+}

@@ -195,10 +195,7 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
     if let Some(n) = ctx.settings.file.checkpoint_every {
         opts.checkpoint_every = n.max(1);
     }
-    // A walk run that names no snapshot of its own records nothing when
-    // nothing changed; a label given is always recorded, and so is every
-    // real snapshot (btrfs, zfs).
-    opts.skip_unchanged = a.snapshot.is_none();
+
     // What an interrupted run left behind (S3: multipart uploads) would
     // bill forever: remove it, once per run.
     match ctx.repo.backend.cleanup_interrupted() {
@@ -218,6 +215,11 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
                     .unwrap_or_else(|| crate::util::utc_timestamp(crate::util::now()).replace(':', ""));
                 src.take_snapshot(&name)?;
             }
+            // A walk run that names no snapshot of its own records nothing
+            // when nothing changed; a label given is always recorded, and so
+            // is every real snapshot (btrfs, zfs).
+            let mut opts = opts.clone();
+            opts.skip_unchanged = a.snapshot.is_none() && d.source == SourceKind::Walk;
             let done = backup_dataset(&ctx.repo, &ctx.state, &d.name, src.as_mut(), &opts)?;
             Ok((done, src.problems()))
         });
