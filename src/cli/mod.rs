@@ -176,11 +176,18 @@ impl Ctx {
     }
 
     /// The datasets a read verb covers: the one named, else every dataset
-    /// of the repository (rebuilding the catalogs this machine lacks).
+    /// this machine has a catalog of; with none at all (the state directory
+    /// was lost), every dataset of the repository, rebuilt first. (Listing
+    /// the repository's manifests on every run would cost requests that grow
+    /// with its history; a dataset of another host is named with --dataset.)
     pub fn selected_datasets(&self, named: Option<&str>) -> Result<Vec<String>> {
         match named {
             Some(d) => Ok(vec![d.to_string()]),
             None => {
+                let known = self.known_datasets()?;
+                if !known.is_empty() {
+                    return Ok(known);
+                }
                 self.rebuild_missing(None)?;
                 self.known_datasets()
             }
