@@ -29,7 +29,10 @@ pub fn run(g: &GlobalArgs, c: CatalogCommand) -> Result<ExitCode> {
     let mode = if salvage { RebuildMode::Salvage } else { RebuildMode::Strict };
     let r = crate::engine::rebuild::rebuild(&ctx.repo, &ctx.state, dataset.as_deref(), mode)?;
     if json {
-        super::output::print_json(&serde_json::to_value(&r)?)?;
+        let mut v = serde_json::to_value(&r)?;
+        // Every request the rebuild made, manifests and segments included.
+        v["requests"] = serde_json::to_value(ctx.repo.backend.requests())?;
+        super::output::print_json(&v)?;
     } else {
         println!("indexed {} packs", r.packs_indexed);
         for d in &r.datasets {
