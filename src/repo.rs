@@ -601,7 +601,7 @@ impl Repository {
         let sealed = self.backend.get(key, None).map_err(backend_err)?;
         let h =
             ManifestHeader::open(&self.sealer, &sealed).with_context(|| format!("manifest {key} cannot be opened"))?;
-        let expected = ManifestHeader::object_key(&self.dataset_id(&h.dataset), h.seq);
+        let expected = ManifestHeader::revision_key(&self.dataset_id(&h.dataset), h.seq, h.revision);
         ensure!(expected == key, "manifest {key} is misplaced: its content says it is {expected}");
         Ok(h)
     }

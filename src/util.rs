@@ -7,9 +7,14 @@ pub fn now() -> i64 {
 
 /// A UTC timestamp `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch.
 pub fn utc_timestamp(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm), valid for all i64 days we meet.
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// The proleptic Gregorian date (year, month 1-12, day 1-31) of a day
+/// number counted from 1970-01-01 (Howard Hinnant's civil_from_days).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -19,8 +24,54 @@ pub fn utc_timestamp(secs: i64) -> String {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    (if m <= 2 { y + 1 } else { y }, m as u32, d as u32)
+}
+
+/// The day number (from 1970-01-01) of a proleptic Gregorian date; the
+/// inverse of `civil_from_days`.
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A duration such as `90s`, `30m` (minutes), `12h`, `7d`, `2w`, `1y`
+/// (365 days), or a sum of them (`1d12h`), in seconds. A bare `0` is zero.
+pub fn parse_duration(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(0);
+    }
+    let bad = || format!("{s:?} is not a duration: write a number and a unit, such as 90s, 30m, 12h, 7d, 2w or 1y");
+    let mut total: i64 = 0;
+    let mut rest = t;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let units = rest[digits..].bytes().take_while(u8::is_ascii_alphabetic).count();
+        if digits == 0 || units == 0 {
+            return Err(bad());
+        }
+        let n: i64 = rest[..digits].parse().map_err(|_| bad())?;
+        let unit = match &rest[digits..digits + units] {
+            "s" => 1,
+            "m" | "min" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 7 * 86_400,
+            "y" => 365 * 86_400,
+            _ => return Err(bad()),
+        };
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+        rest = &rest[digits + units..];
+    }
+    Ok(total)
 }
 
 /// A list of messages that keeps the first `CAP` and counts the rest: a
@@ -121,5 +172,28 @@ mod tests {
         assert_eq!(super::utc_timestamp(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::utc_timestamp(1_795_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(super::utc_timestamp(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn days_and_dates_round_trip() {
+        for days in (-800_000..800_000).step_by(997) {
+            let (y, m, d) = super::civil_from_days(days);
+            assert_eq!(super::days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+        assert_eq!(super::days_from_civil(2000, 3, 1), 11_017);
+    }
+
+    #[test]
+    fn durations() {
+        use super::parse_duration as p;
+        assert_eq!(p("0"), Ok(0));
+        assert_eq!(p("90s"), Ok(90));
+        assert_eq!(p("30m"), Ok(1800));
+        assert_eq!(p("1d12h"), Ok(129_600));
+        assert_eq!(p("2w"), Ok(1_209_600));
+        assert_eq!(p("1y"), Ok(31_536_000));
+        for bad in ["", "7", "d", "7x", "1d 2h", "-1d", "99999999999999999999d"] {
+            assert!(p(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 }

@@ -42,6 +42,7 @@ on_every_backend!(
     listing_crosses_the_thousand_key_page,
     a_fifth_of_requests_failing_costs_nothing,
     every_request_failing_is_a_clean_error_and_stores_nothing_complete,
+    forget_keeps_what_the_policy_says_and_every_kept_changeset_restores,
 );
 
 fn json(env: &Env, args: &[&str]) -> serde_json::Value {
@@ -213,4 +214,99 @@ fn every_request_failing_is_a_clean_error_and_stores_nothing_complete(env: &Env)
     let t = env.path("t");
     env.restore("f", "s", &t);
     assert_same_tree(&src, &t);
+}
+
+fn forget_keeps_what_the_policy_says_and_every_kept_changeset_restores(env: &Env) {
+    // Deltas only (no checkpoint in 8 changesets): forgetting in the
+    // middle of the chain must make the next kept one whole by itself.
+    std::fs::write(env.path("empty.toml"), "checkpoint_every = 100\n").unwrap();
+    env.init();
+    let src = env.path("src");
+    let mut rng = Rng(seed_from_env_or_time());
+    eprintln!("seed {} (replay with N2S_SEED)", rng.0);
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..20 {
+        let n = rng.below(50_000) as usize;
+        std::fs::write(src.join(format!("d/f{i}")), rng.bytes(n)).unwrap();
+    }
+    let mut copies = Vec::new();
+    for step in 0..8 {
+        if step > 0 {
+            for _ in 0..4 {
+                mutate_tree(&src, &mut rng, step);
+            }
+        }
+        env.backup("ds", &src, &format!("s{step}"));
+        let copy = env.path(&format!("copy{step}"));
+        copy_tree(&src, &copy);
+        copies.push(copy);
+    }
+    let restores_as_it_was = |step: usize, tag: &str| {
+        let t = env.path(&format!("r-{tag}-{step}"));
+        env.restore("ds", &format!("s{step}"), &t);
+        assert_same_tree(&copies[step], &t);
+    };
+
+    // By name, in the middle of the chain.
+    let r = json(env, &["forget", "s2", "--dataset", "ds", "--json"]);
+    assert_eq!(r["datasets"][0]["forget"][0]["snapshot"], "s2", "{r}");
+    assert_eq!(r["datasets"][0]["made_full"], serde_json::json!([4]), "{r}");
+    for step in [3, 4, 7] {
+        restores_as_it_was(step, "named");
+    }
+    let out = env.run(["restore", "s2", "--dataset", "ds", "--target", env.path("gone").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("was forgotten"), "{}", stderr(&out));
+    // The diff base (the newest here) is refused by name.
+    let out = env.run(["forget", "s7", "--dataset", "ds"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("diff base"), "{}", stderr(&out));
+
+    // A dry run says what and why, and changes nothing.
+    let r = json(env, &["forget", "--dataset", "ds", "--keep-last", "3", "--dry-run", "--json"]);
+    let d = &r["datasets"][0];
+    let names = |list: &serde_json::Value| -> Vec<String> {
+        list.as_array().unwrap().iter().map(|e| e["snapshot"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(names(&d["keep"]), ["s7", "s6", "s5"], "{r}");
+    assert_eq!(names(&d["forget"]), ["s4", "s3", "s1", "s0"], "{r}");
+    assert_eq!(
+        d["keep"][0]["reasons"],
+        serde_json::json!(["the newest changeset", "the diff base of the next backup", "keep-last 1 of 3"])
+    );
+    assert_eq!(d["forget"][0]["reasons"], serde_json::json!([]));
+    assert_eq!(env.list_json("ds")["changesets"].as_array().unwrap().len(), 8, "the dry run changed nothing");
+
+    env.ok(["forget", "--dataset", "ds", "--keep-last", "3"]);
+    for step in [5, 6, 7] {
+        restores_as_it_was(step, "policy");
+    }
+    let list = env.list_json("ds");
+    let status: Vec<(String, String)> = list["changesets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["snapshot"].as_str().unwrap().to_string(), c["status"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(status.iter().filter(|(_, s)| s == "forgotten").count(), 5, "{status:?}");
+    for level in ["quick", "standard", "full"] {
+        let v = json(env, &["verify", "--level", level, "--json"]);
+        assert_eq!(v["ok"], true, "verify {level}: {v}");
+    }
+
+    // The repository alone says the same: rebuild, restore, back up on.
+    std::fs::remove_dir_all(&env.state).unwrap();
+    env.ok(["catalog", "rebuild"]);
+    for step in [5, 6, 7] {
+        restores_as_it_was(step, "rebuilt");
+    }
+    let out = env.run(["restore", "s1", "--dataset", "ds", "--target", env.path("gone2").to_str().unwrap()]);
+    assert!(stderr(&out).contains("was forgotten"), "{}", stderr(&out));
+    mutate_tree(&src, &mut rng, 9);
+    let out = env.backup("ds", &src, "s8");
+    assert!(out.contains("changeset 9"), "{out}");
+    let t = env.path("r8");
+    env.restore("ds", "s8", &t);
+    assert_same_tree(&src, &t);
+    restores_as_it_was(5, "after");
 }

@@ -196,6 +196,7 @@ fn plant_manifest(repo: &Repository, dataset: &str, segment: &[u8]) {
         bytes_changed: 0,
         bytes_uploaded: 0,
         segments: vec![SegmentRef { key, records: 3 }],
+        revision: 0,
     };
     let mkey = ManifestHeader::object_key(&repo.dataset_id(dataset), 1);
     repo.put(&mkey, &h.seal(&repo.sealer).unwrap()).unwrap();

@@ -16,6 +16,7 @@
 //!   stay contiguous, as they are in the repository;
 //! - every row carries a checksum (rows.rs), checked on every read.
 
+pub mod forget;
 pub mod index;
 pub mod rows;
 pub mod schema;

@@ -103,6 +103,23 @@ pub const DATASET_MIGRATIONS: &[&str] = &[
         bytes_uploaded INTEGER NOT NULL
     );
     "#,
+    // 4: changesets `forget` removed. The number stays taken (the
+    // repository keeps a forgotten revision of its header); `done` is set
+    // once the repository says so too, so a forget interrupted between the
+    // two is finished by the next one.
+    r#"
+    CREATE TABLE forgotten_changesets (
+        id INTEGER PRIMARY KEY,
+        uid TEXT NOT NULL UNIQUE,
+        snapshot TEXT NOT NULL,
+        source TEXT NOT NULL,
+        identity TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        completed_at INTEGER,
+        forgotten_at INTEGER NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0
+    );
+    "#,
 ];
 
 pub const INDEX_MIGRATIONS: &[&str] = &[

@@ -71,6 +71,13 @@ fn dataset_specs(ctx: &Ctx, a: &BackupArgs) -> Result<Vec<DatasetConfig>> {
                 snapshot_dir: a.snapshot_dir.clone().or(base.as_ref().and_then(|b| b.snapshot_dir.clone())),
                 holds: base.as_ref().and_then(|b| b.holds),
                 diff_timeout_secs: base.as_ref().and_then(|b| b.diff_timeout_secs),
+                keep_last: base.as_ref().and_then(|b| b.keep_last),
+                keep_hourly: base.as_ref().and_then(|b| b.keep_hourly),
+                keep_daily: base.as_ref().and_then(|b| b.keep_daily),
+                keep_weekly: base.as_ref().and_then(|b| b.keep_weekly),
+                keep_monthly: base.as_ref().and_then(|b| b.keep_monthly),
+                keep_yearly: base.as_ref().and_then(|b| b.keep_yearly),
+                keep_within: base.as_ref().and_then(|b| b.keep_within.clone()),
             }])
         }
     }

@@ -34,6 +34,38 @@ pub struct DatasetConfig {
     /// zfs: give up on `zfs diff` after this many seconds and walk the
     /// snapshot instead (default 3600).
     pub diff_timeout_secs: Option<u64>,
+    /// Retention (`forget`, `backup --prune`): the rules of
+    /// engine/retention.rs; flags given to forget override them one by one.
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    /// A duration such as "7d" or "36h".
+    pub keep_within: Option<String>,
+}
+
+impl DatasetConfig {
+    /// The retention policy this section sets (possibly none).
+    pub fn policy(&self) -> Result<crate::engine::retention::Policy> {
+        let keep_within = match &self.keep_within {
+            Some(d) => Some(
+                crate::util::parse_duration(d)
+                    .map_err(|e| anyhow::anyhow!("dataset {:?}: keep_within: {e}", self.name))?,
+            ),
+            None => None,
+        };
+        Ok(crate::engine::retention::Policy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within,
+        })
+    }
 }
 
 /// `[s3]`: how to reach an s3:// repository.
@@ -118,6 +150,7 @@ impl FileConfig {
             if !seen.insert(&d.name) {
                 anyhow::bail!("config file {origin}: dataset {:?} is defined twice", d.name);
             }
+            d.policy().map_err(|e| anyhow::anyhow!("config file {origin}: {e:#}"))?;
         }
         Ok(cfg)
     }

@@ -62,6 +62,26 @@ pub fn run(g: &GlobalArgs, a: ListArgs) -> Result<ExitCode> {
                 "manifest": serde_json::Value::Null,
             }));
         }
+        // Forgotten by `forget`: their number stays taken.
+        for f in cat.forgotten_changesets()? {
+            rows.push(serde_json::json!({
+                "dataset": ds,
+                "changeset": f.number,
+                "snapshot": f.snapshot,
+                "identity": serde_json::from_str::<serde_json::Value>(&f.identity).unwrap_or_default(),
+                "source": f.source,
+                "method": if f.done { "forgotten" } else { "forgotten (the repository is told on the next forget or backup)" },
+                "kind": serde_json::Value::Null,
+                "status": "forgotten",
+                "added": 0, "modified": 0, "metadata": 0, "removed": 0, "failed": 0,
+                "bytes_changed": 0,
+                "bytes_uploaded": 0,
+                "started_at": f.started_at,
+                "confirmed_at": f.completed_at,
+                "forgotten_at": f.forgotten_at,
+                "manifest": serde_json::Value::Null,
+            }));
+        }
     }
     if a.json {
         return super::output::print_json(&serde_json::json!({ "changesets": rows })).map(|()| ExitCode::SUCCESS);

@@ -6,6 +6,7 @@ mod abandon;
 mod backup;
 mod catalog;
 pub mod config;
+mod forget;
 mod init;
 mod list;
 mod ls;
@@ -99,6 +100,8 @@ pub enum Command {
     Init(init::InitArgs),
     /// Back up every new snapshot of the dataset(s), oldest first.
     Backup(backup::BackupArgs),
+    /// Take changesets out of a dataset's history, by retention policy or by name.
+    Forget(forget::ForgetArgs),
     /// End a changeset that can never finish (status failed).
     Abandon(abandon::AbandonArgs),
     /// Restore a snapshot, or some paths of it, into a directory.
@@ -251,11 +254,23 @@ pub fn find_changeset(cat: &Catalog, snapshot: &str) -> Result<crate::catalog::C
             cat.dataset(),
             c.status.as_str()
         ),
-        None => anyhow::bail!(
-            "dataset {} has no backed-up snapshot {snapshot:?}: see `n2s-agent list --dataset {}`",
-            cat.dataset(),
-            cat.dataset()
-        ),
+        None => {
+            let forgotten = cat.forgotten_changesets()?;
+            if let Some(f) = forgotten.iter().find(|f| f.snapshot == snapshot || format!("#{}", f.number) == snapshot) {
+                anyhow::bail!(
+                    "snapshot {} (changeset {}) of dataset {} was forgotten (`forget`) and cannot be restored; `n2s-agent list --dataset {}` shows what can",
+                    f.snapshot,
+                    f.number,
+                    cat.dataset(),
+                    cat.dataset()
+                );
+            }
+            anyhow::bail!(
+                "dataset {} has no backed-up snapshot {snapshot:?}: see `n2s-agent list --dataset {}`",
+                cat.dataset(),
+                cat.dataset()
+            )
+        }
     }
 }
 
@@ -306,6 +321,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init(a) => init::run(&g, a),
         Command::Backup(a) => backup::run(&g, a),
+        Command::Forget(a) => forget::run(&g, a),
         Command::Abandon(a) => abandon::run(&g, a),
         Command::Restore(a) => restore::run(&g, a),
         Command::List(a) => list::run(&g, a),

@@ -41,6 +41,10 @@ pub enum ManifestKind {
     Delta,
     /// Holds the whole tree (a checkpoint): restore and prune need no older manifest.
     Full,
+    /// A changeset `forget` removed: it keeps its number and identity in the
+    /// chain (so no reader takes it for a hole) but has no records, and the
+    /// next changeset that is not forgotten is full.
+    Forgotten,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +93,15 @@ pub struct ManifestHeader {
     /// Sealed bytes uploaded for this changeset (new packs).
     pub bytes_uploaded: u64,
     pub segments: Vec<SegmentRef>,
+    /// 0 for the header a backup writes (the number claim); `forget`
+    /// rewrites a changeset as revision 1, 2, ... at a key of its own, and
+    /// readers take the highest revision of each number (FORMAT.md §7.9).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 impl ManifestHeader {
@@ -112,14 +125,28 @@ impl ManifestHeader {
         format!("manifests/{dataset_id}/{seq:010}")
     }
 
-    /// The dataset id and number a header key names, if it is one.
-    pub fn parse_object_key(key: &str) -> Option<(&str, u64)> {
-        let (ds, seq) = key.strip_prefix("manifests/")?.split_once('/')?;
+    /// Object key of revision `rev` of a header: revision 0 is the number
+    /// claim at `object_key`; later ones sort right after it.
+    pub fn revision_key(dataset_id: &str, seq: u64, rev: u32) -> String {
+        match rev {
+            0 => Self::object_key(dataset_id, seq),
+            r => format!("manifests/{dataset_id}/{seq:010}.r{r:06}"),
+        }
+    }
+
+    /// The dataset id, number and revision a header key names, if it is one.
+    pub fn parse_object_key(key: &str) -> Option<(&str, u64, u32)> {
+        let (ds, name) = key.strip_prefix("manifests/")?.split_once('/')?;
+        let (seq, rev) = match name.split_once(".r") {
+            Some((seq, rev)) if rev.len() == 6 && rev.bytes().all(|b| b.is_ascii_digit()) => (seq, rev.parse().ok()?),
+            Some(_) => return None,
+            None => (name, 0),
+        };
         let ok = ds.len() == 32 && ds.bytes().all(|b| b.is_ascii_hexdigit()) && seq.len() == 10;
-        if !ok || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        if !ok || !seq.bytes().all(|b| b.is_ascii_digit()) || (rev == 0 && name.len() != 10) {
             return None;
         }
-        Some((ds, seq.parse().ok()?))
+        Some((ds, seq.parse().ok()?, rev))
     }
 }
 
@@ -566,6 +593,7 @@ pub(crate) mod tests {
             bytes_changed: 10,
             bytes_uploaded: 20,
             segments: vec![SegmentRef { key: "segments/x".into(), records: 1 }],
+            revision: 0,
         };
         let sealed = h.seal(&sealer).unwrap();
         assert_eq!(ManifestHeader::open(&sealer, &sealed).unwrap(), h);
@@ -671,9 +699,19 @@ pub(crate) mod tests {
         let ds = "0123456789abcdef0123456789abcdef";
         let k = ManifestHeader::object_key(ds, 7);
         assert_eq!(k, format!("manifests/{ds}/0000000007"));
-        assert_eq!(ManifestHeader::parse_object_key(&k), Some((ds, 7)));
+        assert_eq!(ManifestHeader::parse_object_key(&k), Some((ds, 7, 0)));
+        assert_eq!(ManifestHeader::revision_key(ds, 7, 0), k);
+        let r = ManifestHeader::revision_key(ds, 7, 12);
+        assert_eq!(r, format!("manifests/{ds}/0000000007.r000012"));
+        assert_eq!(ManifestHeader::parse_object_key(&r), Some((ds, 7, 12)));
+        // Revisions sort right after their number, before the next one.
+        assert!(k < r && r < ManifestHeader::object_key(ds, 8));
         for bad in [
             format!("manifests/{ds}/0000000007-abc"),
+            format!("manifests/{ds}/0000000007.r000000"),
+            format!("manifests/{ds}/0000000007.r12"),
+            format!("manifests/{ds}/0000000007.rabcdef"),
+            format!("manifests/{ds}/000000007.r000001"),
             format!("manifests/{ds}/7"),
             "manifests/xyz/0000000001".to_string(),
             format!("segments/{ds}/0000000001"),

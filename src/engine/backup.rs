@@ -118,6 +118,12 @@ pub fn backup_dataset(
         }
     }
     let mut catalog = Catalog::open(&catalog_path, dataset)?;
+    // A forget that was interrupted after the catalog's part ends here:
+    // the repository must not go on holding a history the catalog left.
+    let finished = super::forget::finish(repo, &mut catalog)?;
+    if !finished.recorded.is_empty() {
+        log::info!("{dataset}: finished an interrupted forget of changesets {:?}", finished.recorded);
+    }
 
     if let Some(open) = catalog.incomplete()? {
         match open.status {
@@ -553,6 +559,40 @@ impl SegmentWriter<'_> {
     }
 }
 
+/// Write the records of changeset `id` as sealed segments: its changes
+/// (a delta), or its whole tree with its own changes marked (full).
+pub fn write_segments(
+    repo: &Repository,
+    catalog: &Catalog,
+    id: i64,
+    full: bool,
+    per_record: usize,
+) -> Result<Vec<SegmentRef>> {
+    let mut w = SegmentWriter { repo, buf: Vec::new(), records: 0, segments: Vec::new(), per_record };
+    if full {
+        catalog.for_each_in_tree(id, None, |r| {
+            let kind = if r.changeset == id { RecordKind::Changed(r.kind) } else { RecordKind::Present };
+            w.push(&record_of(&r, kind))
+        })?;
+        catalog.for_each_in_changeset(id, |r| {
+            if r.kind == ChangeKind::Removed || r.status == FileStatus::Failed {
+                w.push(&removal(&r.path))?;
+            }
+            Ok(())
+        })?;
+    } else {
+        catalog.for_each_in_changeset(id, |r| {
+            // A file that could not be read is absent from this snapshot.
+            if r.status == FileStatus::Failed {
+                return w.push(&removal(&r.path));
+            }
+            w.push(&record_of(&r, RecordKind::Changed(r.kind)))
+        })?;
+    }
+    w.flush()?;
+    Ok(w.segments)
+}
+
 /// Write the manifest of a changeset whose content is all stored: the
 /// segments first, the header last (the commit point), then mark it complete.
 fn write_manifest(
@@ -569,29 +609,7 @@ fn write_manifest(
     // on a manifest that cannot be read.
     let full = parent.as_ref().is_none_or(|p| p.status != ChangesetStatus::Complete)
         || row.id % opts.checkpoint_every.max(1) == 0;
-    let mut w =
-        SegmentWriter { repo, buf: Vec::new(), records: 0, segments: Vec::new(), per_record: opts.chunks_per_record };
-    if full {
-        catalog.for_each_in_tree(row.id, None, |r| {
-            let kind = if r.changeset == row.id { RecordKind::Changed(r.kind) } else { RecordKind::Present };
-            w.push(&record_of(&r, kind))
-        })?;
-        catalog.for_each_in_changeset(row.id, |r| {
-            if r.kind == ChangeKind::Removed || r.status == FileStatus::Failed {
-                w.push(&removal(&r.path))?;
-            }
-            Ok(())
-        })?;
-    } else {
-        catalog.for_each_in_changeset(row.id, |r| {
-            // A file that could not be read is absent from this snapshot.
-            if r.status == FileStatus::Failed {
-                return w.push(&removal(&r.path));
-            }
-            w.push(&record_of(&r, RecordKind::Changed(r.kind)))
-        })?;
-    }
-    w.flush()?;
+    let segments = write_segments(repo, catalog, row.id, full, opts.chunks_per_record)?;
     let (added, modified, metadata, removed, failed, bytes_changed) = catalog.tally(row.id)?;
     let completed_at = now();
     let header = ManifestHeader {
@@ -612,7 +630,8 @@ fn write_manifest(
         counts: Counts { added, modified, metadata, removed, failed },
         bytes_changed,
         bytes_uploaded: catalog.changeset(row.id)?.map_or(0, |c| c.bytes_uploaded),
-        segments: w.segments,
+        segments,
+        revision: 0,
     };
     let key = ManifestHeader::object_key(&repo.dataset_id(catalog.dataset()), row.id as u64);
     fault::hit("before-manifest");

@@ -32,17 +32,35 @@ pub struct Chain {
     pub links: Vec<Link>,
 }
 
-/// Every dataset id that has manifest headers, with their keys in order.
+/// Every dataset id that has manifest headers, with the key of each
+/// number's highest revision (the one readers use), in order.
 pub fn header_keys(repo: &Repository, dataset_id: Option<&str>) -> Result<BTreeMap<String, Vec<(u64, String)>>> {
     let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for (ds, revisions) in header_revisions(repo, dataset_id)? {
+        let newest = revisions.into_iter().map(|(seq, mut revs)| (seq, revs.pop().map(|(_, k)| k).unwrap_or_default()));
+        out.insert(ds, newest.collect());
+    }
+    Ok(out)
+}
+
+/// Per dataset id and number, every revision key the repository holds,
+/// oldest first (prune deletes all but the last).
+pub type Revisions = BTreeMap<u64, Vec<(u32, String)>>;
+
+pub fn header_revisions(repo: &Repository, dataset_id: Option<&str>) -> Result<BTreeMap<String, Revisions>> {
+    let mut out: BTreeMap<String, Revisions> = BTreeMap::new();
     for key in repo.list_manifests(dataset_id)? {
         match ManifestHeader::parse_object_key(&key) {
-            Some((ds, seq)) => out.entry(ds.to_string()).or_default().push((seq, key.clone())),
+            Some((ds, seq, rev)) => {
+                out.entry(ds.to_string()).or_default().entry(seq).or_default().push((rev, key.clone()))
+            }
             None => log::warn!("ignoring object {key}: not a manifest header key"),
         }
     }
-    for keys in out.values_mut() {
-        keys.sort();
+    for seqs in out.values_mut() {
+        for revs in seqs.values_mut() {
+            revs.sort();
+        }
     }
     Ok(out)
 }
@@ -54,18 +72,35 @@ pub fn analyze(repo: &Repository, dataset_id: &str, keys: &[(u64, String)]) -> C
     let mut links = Vec::with_capacity(max as usize);
     let mut name = None;
     for seq in 1..=max {
-        let key = ManifestHeader::object_key(dataset_id, seq);
         let link = match by_seq.get(&seq) {
-            None => Link { seq, key, header: None, problem: Some("is missing from the repository".into()) },
-            Some(_) => match repo.read_manifest(&key) {
+            None => Link {
+                seq,
+                key: ManifestHeader::object_key(dataset_id, seq),
+                header: None,
+                problem: Some("is missing from the repository".into()),
+            },
+            Some(&key) => match repo.read_manifest(key) {
                 Ok(h) => {
                     name.get_or_insert_with(|| h.dataset.clone());
-                    Link { seq, key, header: Some(h), problem: None }
+                    Link { seq, key: key.clone(), header: Some(h), problem: None }
                 }
-                Err(e) => Link { seq, key, header: None, problem: Some(format!("cannot be read: {e:#}")) },
+                Err(e) => Link { seq, key: key.clone(), header: None, problem: Some(format!("cannot be read: {e:#}")) },
             },
         };
         links.push(link);
+    }
+    // A forgotten changeset keeps its identity in the chain, and the next
+    // changeset that is not forgotten must be full: a delta has nothing to
+    // replay on top of.
+    for i in 1..links.len() {
+        let after_forgotten = links[i - 1].header.as_ref().is_some_and(|h| h.kind == ManifestKind::Forgotten);
+        if let Some(h) = &links[i].header
+            && after_forgotten
+            && h.kind == ManifestKind::Delta
+            && links[i].problem.is_none()
+        {
+            links[i].problem = Some(format!("is a delta after changeset {i}, which was forgotten"));
+        }
     }
     // Each parent must be the previous changeset (seq 1 has none).
     for i in 0..links.len() {

@@ -3,9 +3,11 @@
 
 pub mod backup;
 pub mod chain;
+pub mod forget;
 pub mod prior;
 pub mod rebuild;
 pub mod repair;
 pub mod restore;
+pub mod retention;
 pub mod upload;
 pub mod verify;

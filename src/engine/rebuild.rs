@@ -17,6 +17,7 @@
 use anyhow::{Context, Result, bail};
 
 use super::chain::{self, Chain};
+use crate::catalog::forget::ForgottenChangeset;
 use crate::catalog::index::ChunkIndex;
 use crate::catalog::{Catalog, ChangesetRow, ChangesetStatus, FileRow, FileStatus};
 use crate::core::manifest::{ManifestHeader, ManifestKind, RecordJoiner, RecordKind};
@@ -145,8 +146,28 @@ fn rebuild_chain(
         // The newest changeset restored intact, and the first damage since.
         let mut last_good: Option<i64> = None;
         let mut broken: Option<(u64, String)> = None;
+        // Forgotten changesets since the last replayed one: the next full
+        // manifest starts the tree afresh, as after a hole.
+        let mut forgotten_since: Option<u64> = None;
         for link in &chain.links {
             let seq = link.seq as i64;
+            if let (Some(h), None) = (&link.header, &link.problem)
+                && h.kind == ManifestKind::Forgotten
+            {
+                cat.insert_forgotten(&ForgottenChangeset {
+                    number: seq,
+                    uid: h.changeset.clone(),
+                    snapshot: h.snapshot.name.clone(),
+                    source: h.snapshot.source.clone(),
+                    identity: serde_json::to_string(&h.snapshot.identity).unwrap_or_else(|_| "{}".into()),
+                    started_at: h.started_at,
+                    completed_at: Some(h.completed_at),
+                    forgotten_at: h.completed_at,
+                    done: true,
+                })?;
+                forgotten_since.get_or_insert(link.seq);
+                continue;
+            }
             let why = match (&link.header, &link.problem, &broken) {
                 (_, Some(p), _) => Some(p.clone()),
                 (Some(h), None, Some((k, _))) if h.kind != ManifestKind::Full => {
@@ -163,12 +184,13 @@ fn rebuild_chain(
             let h = link.header.as_ref().context("an intact link without a header")?;
             cat.insert_rebuilt_changeset(&row_of(h, seq, &link.key, ChangesetStatus::Complete))?;
             // After a hole, a full manifest starts the tree afresh.
-            let resync = broken.is_some() || last_good.is_none();
+            let resync = broken.is_some() || last_good.is_none() || forgotten_since.is_some();
             match replay(repo, &mut cat, h, seq, resync, last_good) {
                 Ok(n) => {
                     out.entries += n;
                     last_good = Some(seq);
                     broken = None;
+                    forgotten_since = None;
                 }
                 Err(e) => {
                     let why = format!("cannot be replayed: {e:#}");
@@ -221,6 +243,7 @@ fn row_of(h: &ManifestHeader, seq: i64, key: &str, status: ChangesetStatus) -> C
         kind: Some(match h.kind {
             ManifestKind::Full => "full".into(),
             ManifestKind::Delta => "delta".into(),
+            ManifestKind::Forgotten => "forgotten".into(),
         }),
         status,
         started_at: h.started_at,

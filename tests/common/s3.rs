@@ -129,7 +129,12 @@ fn start(kind: Kind) -> Option<Server> {
                 .arg("-filer")
                 .arg(format!("-filer.port={f}"))
                 .arg("-s3")
-                .arg(format!("-s3.port={port}"));
+                .arg(format!("-s3.port={port}"))
+                // SeaweedFS 4.x also serves Iceberg and Lance catalogs on
+                // fixed ports (8181, 9101): a second server on the machine
+                // (another test binary, a benchmark) would die on them.
+                .arg("-s3.port.iceberg=0")
+                .arg("-s3.port.lance=0");
         }
     }
     cmd.stdout(out.try_clone().unwrap()).stderr(out);
