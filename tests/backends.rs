@@ -43,6 +43,7 @@ on_every_backend!(
     a_fifth_of_requests_failing_costs_nothing,
     every_request_failing_is_a_clean_error_and_stores_nothing_complete,
     forget_keeps_what_the_policy_says_and_every_kept_changeset_restores,
+    forget_and_prune_give_the_space_back_and_what_is_kept_restores,
 );
 
 fn json(env: &Env, args: &[&str]) -> serde_json::Value {
@@ -309,4 +310,80 @@ fn forget_keeps_what_the_policy_says_and_every_kept_changeset_restores(env: &Env
     env.restore("ds", "s8", &t);
     assert_same_tree(&src, &t);
     restores_as_it_was(5, "after");
+}
+
+fn forget_and_prune_give_the_space_back_and_what_is_kept_restores(env: &Env) {
+    std::fs::write(env.path("empty.toml"), "checkpoint_every = 100\n").unwrap();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut rng = Rng(seed_from_env_or_time());
+    eprintln!("seed {} (replay with N2S_SEED)", rng.0);
+    for i in 0..10 {
+        std::fs::write(src.join(format!("f{i}")), rng.bytes(150_000)).unwrap();
+    }
+    // Small packs: a pack holds one file's chunk, so what goes frees whole packs.
+    let backup = |env: &Env, path: &Path, label: &str| {
+        let out = env.backup_small_packs("ds", path, label, 64);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    let mut copies = Vec::new();
+    for step in 0..6 {
+        if step > 0 {
+            for _ in 0..4 {
+                let i = rng.below(10);
+                std::fs::write(src.join(format!("f{i}")), rng.bytes(150_000)).unwrap();
+            }
+        }
+        backup(env, &src, &format!("s{step}"));
+        let c = env.path(&format!("copy{step}"));
+        copy_tree(&src, &c);
+        copies.push(c);
+    }
+    let size = |env: &Env| json(env, &["verify", "--level", "quick", "--json"])["pack_bytes"].as_u64().unwrap();
+    let before = size(env);
+    env.ok(["forget", "--dataset", "ds", "--keep-last", "2"]);
+    // First run: marks only, deletes nothing.
+    let p = json(env, &["prune", "--grace", "0", "--json"]);
+    assert_eq!(p["deleted"]["packs"], 0, "{p}");
+    assert!(p["marked"]["packs"].as_u64().unwrap() > 0, "{p}");
+    assert!(p["marked"]["revisions"].as_u64().unwrap() > 0, "superseded header revisions: {p}");
+    assert_eq!(size(env), before, "marking deletes nothing");
+    // A dry run of the sweep says what would go, and leaves it.
+    let d = json(env, &["prune", "--grace", "0", "--dry-run", "--json"]);
+    assert_eq!(d["deleted"]["packs"], p["marked"]["packs"], "{d}");
+    assert_eq!(size(env), before);
+    let s = json(env, &["prune", "--grace", "0", "--json"]);
+    assert_eq!(s["deleted"]["packs"], p["marked"]["packs"], "{s}");
+    assert_eq!(s["plans_swept"], 1, "{s}");
+    assert!(s["requests"]["get"].as_u64().unwrap() < 100, "prune reads manifests, never packs: {s}");
+    let after = size(env);
+    assert!(after < before, "{after} !< {before}");
+    for step in [4, 5] {
+        let t = env.path(&format!("r{step}"));
+        env.restore("ds", &format!("s{step}"), &t);
+        assert_same_tree(&copies[step], &t);
+    }
+    for level in ["quick", "full"] {
+        let v = json(env, &["verify", "--level", level, "--json"]);
+        assert_eq!(v["ok"], true, "verify {level}: {v}");
+    }
+    // Within 10% of a repository that only ever held the kept snapshots.
+    let fresh = env.sibling();
+    std::fs::write(fresh.path("empty.toml"), "checkpoint_every = 100\n").unwrap();
+    fresh.init();
+    backup(&fresh, &copies[4], "s4");
+    backup(&fresh, &copies[5], "s5");
+    let want = size(&fresh);
+    assert!(after * 10 <= want * 11, "pruned {after} B, a fresh backup of what is kept {want} B");
+    // Nothing more to do: a third prune deletes and marks nothing.
+    let again = json(env, &["prune", "--grace", "0", "--json"]);
+    assert_eq!(again["deleted"]["packs"], 0, "{again}");
+    assert_eq!(again["marked"]["packs"], 0, "{again}");
+    // And backups go on.
+    std::fs::write(src.join("new"), rng.bytes(1000)).unwrap();
+    backup(env, &src, "s6");
+    let t = env.path("r6");
+    env.restore("ds", "s6", &t);
+    assert_same_tree(&src, &t);
 }

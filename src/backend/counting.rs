@@ -139,6 +139,10 @@ impl Backend for CountingBackend {
         self.counter.delete();
         self.inner.delete(key)
     }
+    // delete_many: the default, one counted delete per key.
+    fn cleanup_interrupted(&self) -> BResult<u64> {
+        self.inner.cleanup_interrupted()
+    }
     fn requests(&self) -> Option<RequestCounts> {
         Some(self.counter.snapshot())
     }

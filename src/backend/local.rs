@@ -242,6 +242,26 @@ impl Backend for LocalBackend {
         }
     }
 
+    /// Files of `tmp/` older than an hour: writes a killed process left
+    /// (a live write takes seconds, so an hour is far past any).
+    fn cleanup_interrupted(&self) -> BResult<u64> {
+        let dir = self.root.join("tmp");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Self::other(e, format!("cannot list {}", dir.display()))),
+        };
+        let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let mut n = 0;
+        for e in entries.flatten() {
+            let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
+            if old && e.file_name().to_string_lossy().ends_with(".tmp") && fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     fn delete(&self, key: &str) -> BResult<()> {
         let p = self.path_of(key)?;
         self.forget_cached(key);

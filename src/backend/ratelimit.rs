@@ -93,6 +93,12 @@ impl Backend for RateLimitBackend {
     fn delete(&self, key: &str) -> BResult<()> {
         self.inner.delete(key)
     }
+    fn delete_many(&self, keys: &[String]) -> BResult<()> {
+        self.inner.delete_many(keys)
+    }
+    fn cleanup_interrupted(&self) -> BResult<u64> {
+        self.inner.cleanup_interrupted()
+    }
     fn requests(&self) -> Option<RequestCounts> {
         self.inner.requests()
     }

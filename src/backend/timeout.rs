@@ -214,6 +214,14 @@ impl Backend for TimeoutBackend {
         let k = key.to_string();
         self.call("deleting", key, true, move |b| b.delete(&k))
     }
+    fn delete_many(&self, keys: &[String]) -> BResult<()> {
+        let ks = keys.to_vec();
+        let what = format!("{} objects from", keys.len());
+        self.call("deleting", &what, true, move |b| b.delete_many(&ks))
+    }
+    fn cleanup_interrupted(&self) -> BResult<u64> {
+        self.call("cleaning up", "interrupted uploads", true, move |b| b.cleanup_interrupted())
+    }
     fn requests(&self) -> Option<RequestCounts> {
         self.inner.requests()
     }

@@ -27,9 +27,15 @@ pub struct ChunkIndex {
     path: PathBuf,
 }
 
-/// A chunk is "live" when it has at least one home in a pack not found lost.
+/// A chunk is "live" when it has at least one home in a pack not found
+/// lost. Reads prefer a home no prune plan dooms.
 const LIVE: &str = "SELECT c.pack, c.offset, c.sealed_len, c.raw_len FROM chunks c JOIN packs p ON p.id = c.pack \
-     WHERE c.id = ?1 AND p.lost_at IS NULL ORDER BY p.confirmed_at LIMIT 1";
+     WHERE c.id = ?1 AND p.lost_at IS NULL \
+     ORDER BY EXISTS (SELECT 1 FROM doomed_packs d WHERE d.id = c.pack), p.confirmed_at LIMIT 1";
+/// Dedup may reuse a chunk only from a pack that is neither lost nor
+/// doomed: a doomed pack may be deleted once its plan's grace is over.
+const DEDUP: &str = "SELECT 1 FROM chunks c JOIN packs p ON p.id = c.pack \
+     WHERE c.id = ?1 AND p.lost_at IS NULL AND NOT EXISTS (SELECT 1 FROM doomed_packs d WHERE d.id = c.pack) LIMIT 1";
 
 impl ChunkIndex {
     pub fn open(path: &Path) -> Result<ChunkIndex> {
@@ -45,7 +51,7 @@ impl ChunkIndex {
     /// Is the chunk stored in a pack that is not known to be lost? Dedup
     /// asks this: a chunk whose every home is lost is uploaded again.
     pub fn contains(&self, id: &ChunkId) -> Result<bool> {
-        let mut st = self.conn.prepare_cached(LIVE).db(&self.path)?;
+        let mut st = self.conn.prepare_cached(DEDUP).db(&self.path)?;
         st.exists(params![&id.0[..]]).db(&self.path)
     }
 
@@ -255,7 +261,71 @@ impl ChunkIndex {
         let tx = self.conn.transaction().db(&self.path)?;
         tx.execute("DELETE FROM chunks WHERE pack = ?1", params![&id.0[..]]).db(&self.path)?;
         tx.execute("DELETE FROM packs WHERE id = ?1", params![&id.0[..]]).db(&self.path)?;
+        tx.execute("DELETE FROM doomed_packs WHERE id = ?1", params![&id.0[..]]).db(&self.path)?;
         tx.commit().db(&self.path)
+    }
+
+    /// Whether a prune plan of this name has been learned.
+    pub fn knows_plan(&self, name: &str) -> Result<bool> {
+        let mut st = self.conn.prepare_cached("SELECT 1 FROM plans WHERE name = ?1").db(&self.path)?;
+        st.exists(params![name]).db(&self.path)
+    }
+
+    /// Learn a prune plan: its packs are doomed from now on. One transaction.
+    pub fn learn_plan(&mut self, name: &str, packs: &[PackId], now: i64) -> Result<()> {
+        let tx = self.conn.transaction().db(&self.path)?;
+        {
+            let mut st =
+                tx.prepare_cached("INSERT OR IGNORE INTO doomed_packs (id, since) VALUES (?1, ?2)").db(&self.path)?;
+            for p in packs {
+                st.execute(params![&p.0[..], now]).db(&self.path)?;
+            }
+        }
+        tx.execute("INSERT OR IGNORE INTO plans (name, seen_at) VALUES (?1, ?2)", params![name, now]).db(&self.path)?;
+        tx.commit().db(&self.path)
+    }
+
+    /// Whether any pack is doomed (most runs: none, and nothing to check).
+    pub fn any_doomed(&self) -> Result<bool> {
+        let mut st = self.conn.prepare_cached("SELECT 1 FROM doomed_packs LIMIT 1").db(&self.path)?;
+        st.exists([]).db(&self.path)
+    }
+
+    pub fn is_doomed(&self, id: &PackId) -> Result<bool> {
+        let mut st = self.conn.prepare_cached("SELECT 1 FROM doomed_packs WHERE id = ?1").db(&self.path)?;
+        st.exists(params![&id.0[..]]).db(&self.path)
+    }
+
+    /// When this index last learned the prune plans (None: never).
+    pub fn plans_learned_at(&self) -> Result<Option<i64>> {
+        self.conn
+            .query_row("SELECT value FROM index_meta WHERE key = 'plans_learned_at'", [], |r| r.get(0))
+            .optional()
+            .db(&self.path)
+    }
+
+    pub fn set_plans_learned_at(&mut self, now: i64) -> Result<()> {
+        self.conn
+            .execute("INSERT OR REPLACE INTO index_meta (key, value) VALUES ('plans_learned_at', ?1)", params![now])
+            .db(&self.path)?;
+        Ok(())
+    }
+
+    /// When the index first knew each pack it knows (not lost), with its size.
+    pub fn packs_with_age(&self) -> Result<Vec<(PackId, u64, i64)>> {
+        let mut st =
+            self.conn.prepare("SELECT id, size, confirmed_at FROM packs WHERE lost_at IS NULL").db(&self.path)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+            .db(&self.path)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, size, at) = row.db(&self.path)?;
+            if let Ok(arr) = id.try_into() {
+                out.push((PackId(arr), size as u64, at));
+            }
+        }
+        Ok(out)
     }
 
     /// SQLite's own structural check of the index file.

@@ -679,6 +679,23 @@ impl Catalog {
         )
     }
 
+    /// Send stored files of changeset `cs` back to pending: their chunks
+    /// lie in packs a prune is about to delete, so they are stored again.
+    pub fn requeue_files(&mut self, cs: i64, paths: &[Vec<u8>]) -> Result<()> {
+        self.update_files(
+            cs,
+            paths,
+            |p| p,
+            |_, raw| {
+                raw.status = FileStatus::Pending as i64;
+                raw.chunks = None;
+                raw.file_hash = None;
+                raw.uploaded_at = None;
+                raw.confirmed_at = None;
+            },
+        )
+    }
+
     pub fn mark_failed(&mut self, cs: i64, path: &[u8], error: &str) -> Result<()> {
         self.update_files(
             cs,

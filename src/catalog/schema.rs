@@ -171,6 +171,20 @@ pub const INDEX_MIGRATIONS: &[&str] = &[
     CREATE INDEX packs_by_summary ON packs(summary) WHERE summary IS NOT NULL;
     ALTER TABLE chunks ADD COLUMN kind INTEGER NOT NULL DEFAULT 1;
     "#,
+    // 4: prune plans this index has learned (by name, whatever their
+    // state), and the packs they doom: never used for dedup again, read
+    // only while no other home exists (FORMAT §9).
+    r#"
+    CREATE TABLE plans (
+        name TEXT PRIMARY KEY,
+        seen_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE doomed_packs (
+        id BLOB PRIMARY KEY,
+        since INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE index_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection, steps: &[&str], what: &str, path: &Path) -> Result<()> {

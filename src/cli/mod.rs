@@ -11,6 +11,7 @@ mod init;
 mod list;
 mod ls;
 pub mod output;
+mod prune;
 mod repair;
 mod restore;
 mod search;
@@ -102,6 +103,8 @@ pub enum Command {
     Backup(backup::BackupArgs),
     /// Take changesets out of a dataset's history, by retention policy or by name.
     Forget(forget::ForgetArgs),
+    /// Delete what no kept changeset references (mark now, delete after --grace).
+    Prune(prune::PruneArgs),
     /// End a changeset that can never finish (status failed).
     Abandon(abandon::AbandonArgs),
     /// Restore a snapshot, or some paths of it, into a directory.
@@ -322,6 +325,7 @@ pub fn main() -> ExitCode {
         Command::Init(a) => init::run(&g, a),
         Command::Backup(a) => backup::run(&g, a),
         Command::Forget(a) => forget::run(&g, a),
+        Command::Prune(a) => prune::run(&g, a),
         Command::Abandon(a) => abandon::run(&g, a),
         Command::Restore(a) => restore::run(&g, a),
         Command::List(a) => list::run(&g, a),

@@ -8,4 +8,5 @@ pub mod keys;
 pub mod manifest;
 pub mod pack;
 pub mod packsummary;
+pub mod pruneplan;
 pub mod seal;

@@ -426,6 +426,8 @@ fn finish_changeset(
                 "{dataset}: cannot read other agents' pack summaries ({e:#}): what they stored may be uploaded again"
             );
         }
+        // Packs a prune has marked are never deduplicated against.
+        super::prune::learn_plans(repo, &mut index).context("cannot learn the repository's prune plans")?;
     }
     let identity: BTreeMap<String, String> = serde_json::from_str(&row.identity).unwrap_or_default();
     let reader = match source.reader(snap) {
@@ -439,11 +441,28 @@ fn finish_changeset(
     };
     log::info!("{dataset}: {pending} files to read for snapshot {}", snap.name);
     let catalog_path = catalog.path().to_path_buf();
-    let report =
+    let stopped = || format!("backup of {dataset} snapshot {} stopped; run backup again to resume", snap.name);
+    let mut report =
         upload_changeset(repo, &state.index_db(), &catalog_path, &dataset, catalog, row.id, reader, &opts.upload)
-            .with_context(|| {
-                format!("backup of {dataset} snapshot {} stopped; run backup again to resume", snap.name)
-            })?;
+            .with_context(stopped)?;
+    // Right before the commit: a prune may have marked packs this
+    // changeset uses since it began. What lives only there is stored again,
+    // so the header never names a chunk a sweep may delete (FORMAT §9).
+    loop {
+        let again = super::prune::guard(repo, &state.index_db(), catalog, row.id).with_context(stopped)?;
+        if again == 0 {
+            break;
+        }
+        log::warn!(
+            "{dataset}: {again} files of snapshot {} used packs that a prune marked for deletion; storing them again",
+            snap.name
+        );
+        let reader = source.reader(snap)?;
+        let more =
+            upload_changeset(repo, &state.index_db(), &catalog_path, &dataset, catalog, row.id, reader, &opts.upload)
+                .with_context(stopped)?;
+        report.bytes_read += more.bytes_read;
+    }
     if catalog.count_pending(row.id)? > 0 {
         bail!("backup of {dataset} snapshot {} left files unread; run backup again to resume", snap.name);
     }

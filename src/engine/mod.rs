@@ -5,6 +5,7 @@ pub mod backup;
 pub mod chain;
 pub mod forget;
 pub mod prior;
+pub mod prune;
 pub mod rebuild;
 pub mod repair;
 pub mod restore;

@@ -39,6 +39,8 @@ pub struct VerifyReport {
     pub level: Option<Level>,
     pub ok: bool,
     pub packs: u64,
+    /// Bytes of all packs on the backend: the repository's size, near enough.
+    pub pack_bytes: u64,
     pub packs_read: u64,
     pub chunks_checked: u64,
     pub manifests: u64,
@@ -64,6 +66,7 @@ pub fn verify(repo: &Repository, state: &StatePaths, level: Level) -> Result<Ver
     r.problems.extend(index.check()?);
     let on_backend: HashMap<PackId, u64> = repo.list_packs()?.into_iter().collect();
     r.packs = on_backend.len() as u64;
+    r.pack_bytes = on_backend.values().sum();
     let mut lost_now = 0u64;
     for (id, size) in index.packs()? {
         let why = match on_backend.get(&id) {

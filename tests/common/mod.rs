@@ -66,6 +66,15 @@ impl Env {
         Some(env)
     }
 
+    /// Another repository, empty, on the same kind of backend (a prefix of
+    /// its own in the same bucket for S3), with its own state and key.
+    pub fn sibling(&self) -> Env {
+        let mut env = Env::new();
+        env.url = self.url.as_ref().map(|u| format!("{u}-sibling"));
+        env.extra = self.extra.clone();
+        env
+    }
+
     pub fn is_local(&self) -> bool {
         self.url.is_none()
     }

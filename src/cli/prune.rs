@@ -1,0 +1,98 @@
+//! `prune`: delete what no kept changeset references, in two phases (mark
+//! now, delete in a later run after --grace), safe while other agents back
+//! up into the same repository, with no lock.
+
+use anyhow::Result;
+use std::process::ExitCode;
+
+use super::output::human_bytes;
+use super::{Ctx, GlobalArgs};
+use crate::engine::prune::{PruneOptions, PruneReport, prune};
+
+#[derive(clap::Args)]
+pub struct PruneArgs {
+    /// Say what would be marked and deleted; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long marked objects wait before a later run deletes them (such
+    /// as 1h, 30m, 2d). `0` deletes what an earlier run marked at once:
+    /// only when no backup into this repository is running.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_dur)]
+    pub grace: i64,
+    /// A pack more than PCT percent unused is worth repacking (reported).
+    #[arg(long, value_name = "PCT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=100))]
+    pub max_unused: u64,
+    /// Bytes to move by repacking in one run, such as 10G (repacking is not
+    /// in this version: partly used packs stay, and are reported).
+    #[arg(long, value_name = "SIZE")]
+    pub max_repack: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_dur(s: &str) -> Result<i64, String> {
+    crate::util::parse_duration(s)
+}
+
+pub fn run(g: &GlobalArgs, a: PruneArgs) -> Result<ExitCode> {
+    let ctx = Ctx::open(g)?;
+    if a.max_repack.is_some() {
+        log::warn!("--max-repack: this version does not repack; partly used packs stay and are reported");
+    }
+    let opts = PruneOptions { dry_run: a.dry_run, grace: a.grace, max_unused_pct: a.max_unused };
+    let r = prune(&ctx.repo, &ctx.state, &opts)?;
+    if a.json {
+        super::output::print_json(&serde_json::to_value(&r)?)?;
+    } else {
+        print_text(&r);
+    }
+    super::ok()
+}
+
+fn print_text(r: &PruneReport) {
+    let would = if r.dry_run { "would be " } else { "" };
+    println!(
+        "prune{}: {} live changesets reference {} chunks",
+        if r.dry_run { " (dry run)" } else { "" },
+        r.live_changesets,
+        r.referenced_chunks
+    );
+    println!(
+        "  {would}deleted: {} packs, {} segments, {} header revisions ({}) from {} plans past their grace",
+        r.deleted.packs,
+        r.deleted.segments,
+        r.deleted.revisions,
+        human_bytes(r.deleted.bytes),
+        r.plans_swept
+    );
+    if r.kept_again.packs + r.kept_again.segments > 0 {
+        println!(
+            "  kept: {} packs and {} segments that were marked but are referenced again",
+            r.kept_again.packs, r.kept_again.segments
+        );
+    }
+    println!(
+        "  {would}marked: {} packs, {} segments, {} header revisions ({}), deleted by a prune after the grace period",
+        r.marked.packs,
+        r.marked.segments,
+        r.marked.revisions,
+        human_bytes(r.marked.bytes)
+    );
+    if r.plans_waiting > 0 {
+        println!("  {} earlier plans are still within their grace period", r.plans_waiting);
+    }
+    if r.partly_used_packs > 0 {
+        println!(
+            "  {} packs are partly used ({} unused in them; {} over --max-unused)",
+            r.partly_used_packs,
+            human_bytes(r.partly_unused_bytes),
+            r.worth_repacking
+        );
+    }
+    if r.interrupted_uploads_removed > 0 {
+        println!("  removed {} leftovers of interrupted uploads", r.interrupted_uploads_removed);
+    }
+    if let Some(q) = &r.requests {
+        println!("  requests: {}", serde_json::to_string(q).unwrap_or_default());
+    }
+}

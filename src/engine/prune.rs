@@ -1,0 +1,407 @@
+//! `prune`: give back the space that no kept changeset uses, safely while
+//! other agents keep backing up into the repository, with no lock.
+//!
+//! Two phases, in different runs (docs/FORMAT.md §9):
+//! - **mark**: what no live manifest references (packs, segments, header
+//!   revisions a newer one supersedes) goes into a sealed plan,
+//!   `prune/plan-…`. Nothing is deleted. Every agent learns the plans
+//!   before it dedups and again right before it commits a changeset, and
+//!   stores again whatever it was about to reference in a marked pack.
+//! - **sweep**: a later run takes each plan older than the grace period,
+//!   renames it `prune/swept-…` (written first), computes the references
+//!   afresh, deletes what is still unreferenced, and keeps what a new
+//!   manifest references again.
+//!
+//! Prune reads manifests and the local index only (pack summaries keep the
+//! index current); it never downloads a pack.
+
+use anyhow::{Context, Result, bail};
+use std::collections::{BTreeMap, HashSet};
+
+use super::chain;
+use crate::backend::{BackendError, RequestCounts};
+use crate::catalog::index::ChunkIndex;
+use crate::core::manifest::ManifestKind;
+use crate::core::pack::PackId;
+use crate::core::pruneplan::{self, PLAN_PREFIX, PlanState, PrunePlan};
+use crate::model::ChunkId;
+use crate::repo::Repository;
+use crate::state::StatePaths;
+use crate::util::now;
+
+/// A host that has not learned the plans for this long may have missed
+/// swept records that are gone by now: it checks its index against the
+/// packs on the backend instead (one LIST of `data/`).
+const RECONCILE_AFTER: i64 = 20 * 86_400;
+/// Swept records are kept this long, so that every agent learns them.
+const KEEP_SWEPT: i64 = 30 * 86_400;
+
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    pub dry_run: bool,
+    /// Seconds a plan waits before its sweep; also the least age of a pack
+    /// before it is marked (a backup still uploading has unreferenced packs).
+    pub grace: i64,
+    /// Percent of a pack's bytes that may be unused before it counts as
+    /// worth repacking (reported; packs are not repacked yet).
+    pub max_unused_pct: u64,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions { dry_run: false, grace: 3600, max_unused_pct: 10 }
+    }
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Objects {
+    pub packs: u64,
+    pub segments: u64,
+    pub revisions: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    /// Manifests read for the references, and the chunks they reference.
+    pub live_changesets: u64,
+    pub referenced_chunks: u64,
+    /// Plans older than the grace period that this run swept.
+    pub plans_swept: u64,
+    /// Deleted by the sweep (freed space).
+    pub deleted: Objects,
+    /// Marked by an earlier run but referenced again: kept.
+    pub kept_again: Objects,
+    /// Marked by this run, deleted by a later one.
+    pub marked: Objects,
+    /// Plans still within their grace period.
+    pub plans_waiting: u64,
+    /// Packs partly used: their unused bytes stay until a repack.
+    pub partly_used_packs: u64,
+    pub partly_unused_bytes: u64,
+    /// Of those, packs above --max-unused.
+    pub worth_repacking: u64,
+    /// Leftovers of interrupted uploads removed (local tmp/, S3 multipart).
+    pub interrupted_uploads_removed: u64,
+    pub requests: Option<RequestCounts>,
+}
+
+/// What the live manifests reference right now.
+struct References {
+    chunks: Vec<[u8; 32]>,
+    segments: HashSet<String>,
+    /// Header keys that a newer revision of the same number supersedes.
+    superseded: HashSet<String>,
+    live_changesets: u64,
+}
+
+impl References {
+    fn has_chunk(&self, c: &ChunkId) -> bool {
+        self.chunks.binary_search(&c.0).is_ok()
+    }
+}
+
+/// Read every live header and its segments. Anything that cannot be read
+/// stops the prune: with references unknown, nothing may go.
+fn references(repo: &Repository) -> Result<References> {
+    let mut refs =
+        References { chunks: Vec::new(), segments: HashSet::new(), superseded: HashSet::new(), live_changesets: 0 };
+    for (_ds, seqs) in chain::header_revisions(repo, None)? {
+        for (_seq, mut revs) in seqs {
+            let Some((_, newest)) = revs.pop() else { continue };
+            refs.superseded.extend(revs.into_iter().map(|(_, k)| k));
+            let h = repo
+                .read_manifest(&newest)
+                .with_context(|| format!("prune stopped: manifest {newest} cannot be read; run `n2s-agent verify`"))?;
+            if h.kind == ManifestKind::Forgotten {
+                continue;
+            }
+            refs.live_changesets += 1;
+            for seg in &h.segments {
+                refs.segments.insert(seg.key.clone());
+                let records = repo.read_segment(&seg.key).with_context(|| {
+                    format!("prune stopped: manifest {newest} names segment {} that cannot be read", seg.key)
+                })?;
+                // Continuation records carry chunk ids too.
+                for r in records {
+                    refs.chunks.extend(r.chunks.iter().map(|c| c.0));
+                }
+            }
+        }
+    }
+    refs.chunks.sort_unstable();
+    refs.chunks.dedup();
+    Ok(refs)
+}
+
+/// Learn every prune plan this index has not seen (1 LIST, a GET per new
+/// plan); their packs are never used for dedup again. Returns how many
+/// plans were new.
+pub fn learn_plans(repo: &Repository, index: &mut ChunkIndex) -> Result<u64> {
+    let t = now();
+    let stale = index.plans_learned_at()?.is_some_and(|at| t - at > RECONCILE_AFTER);
+    let listed = repo.backend.list(PLAN_PREFIX).map_err(backend_err).context("cannot list prune plans")?;
+    let mut new = 0;
+    for o in &listed {
+        let Some((_, name, _)) = pruneplan::parse_key(&o.key) else { continue };
+        if index.knows_plan(name)? {
+            continue;
+        }
+        let plan = read_plan(repo, name)?;
+        index.learn_plan(name, &plan.pack_ids()?, t)?;
+        new += 1;
+    }
+    if stale {
+        // Swept records older than KEEP_SWEPT are gone: any pack this
+        // index still has that the backend has not is lost to it.
+        let on_backend: HashSet<PackId> = repo.list_packs()?.into_iter().map(|(id, _)| id).collect();
+        for (id, _) in index.packs()? {
+            if !on_backend.contains(&id) {
+                index.mark_lost(&id, t)?;
+            }
+        }
+    }
+    index.set_plans_learned_at(t)?;
+    Ok(new)
+}
+
+/// A plan by name, marked or already swept (a sweep renames it).
+fn read_plan(repo: &Repository, name: &str) -> Result<PrunePlan> {
+    for state in [PlanState::Marked, PlanState::Swept] {
+        let key = pruneplan::plan_key(state, name);
+        match repo.backend.get(&key, None) {
+            Ok(b) => {
+                return PrunePlan::open(&repo.sealer, &b).with_context(|| format!("prune plan {key} cannot be opened"));
+            }
+            Err(BackendError::NotFound(_)) => continue,
+            Err(e) => return Err(backend_err(e)).with_context(|| format!("cannot read prune plan {key}")),
+        }
+    }
+    bail!("prune plan {name} vanished while it was being read; run again")
+}
+
+fn backend_err(e: BackendError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+/// Before a changeset's header is written: learn new plans, and send back
+/// to pending every stored file of it whose chunks have no home outside
+/// doomed or lost packs (it is stored again, in new packs). Returns how
+/// many went back.
+pub fn guard(
+    repo: &Repository,
+    index_path: &std::path::Path,
+    catalog: &mut crate::catalog::Catalog,
+    cs: i64,
+) -> Result<u64> {
+    let mut index = ChunkIndex::open(index_path)?;
+    learn_plans(repo, &mut index)?;
+    if !index.any_doomed()? {
+        return Ok(0);
+    }
+    let mut requeue = Vec::new();
+    catalog.for_each_in_changeset(cs, |r| {
+        if r.status == crate::catalog::FileStatus::Stored {
+            for c in &r.chunks {
+                if !index.contains(c)? {
+                    requeue.push(r.path.clone());
+                    break;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    catalog.requeue_files(cs, &requeue)?;
+    Ok(requeue.len() as u64)
+}
+
+pub fn prune(repo: &Repository, state: &StatePaths, opts: &PruneOptions) -> Result<PruneReport> {
+    let mut r = PruneReport { dry_run: opts.dry_run, ..Default::default() };
+    let t = now();
+    let mut index = ChunkIndex::open(&state.index_db())?;
+    // Plans first, then the references: anything a manifest written before
+    // this point references is seen below (FORMAT §9, the argument).
+    let listed = repo.backend.list(PLAN_PREFIX).map_err(backend_err).context("cannot list prune plans")?;
+    repo.sync_index(&mut index)?;
+    learn_plans(repo, &mut index)?;
+    let refs = references(repo)?;
+    r.live_changesets = refs.live_changesets;
+    r.referenced_chunks = refs.chunks.len() as u64;
+    let pack_sizes: BTreeMap<PackId, u64> = repo.list_packs()?.into_iter().collect();
+    let segment_sizes: BTreeMap<String, u64> = repo
+        .backend
+        .list("segments/")
+        .map_err(backend_err)
+        .context("cannot list manifest segments")?
+        .into_iter()
+        .map(|o| (o.key, o.size))
+        .collect();
+    let pack_used = |index: &ChunkIndex, id: &PackId| -> Result<Option<(u64, u64)>> {
+        let entries = index.pack_entries(id)?;
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let used: u64 = entries.iter().filter(|e| refs.has_chunk(&e.id)).map(|e| u64::from(e.sealed_len)).sum();
+        let total: u64 = entries.iter().map(|e| u64::from(e.sealed_len)).sum();
+        Ok(Some((used, total)))
+    };
+
+    // Sweep.
+    let mut pending: HashSet<String> = HashSet::new();
+    let mut names: BTreeMap<String, (bool, bool, i64)> = BTreeMap::new(); // name -> (marked, swept, created)
+    for o in &listed {
+        if let Some((st, name, created)) = pruneplan::parse_key(&o.key) {
+            let e = names.entry(name.to_string()).or_insert((false, false, created));
+            match st {
+                PlanState::Marked => e.0 = true,
+                PlanState::Swept => e.1 = true,
+            }
+        }
+    }
+    let mut swept_now: HashSet<String> = HashSet::new();
+    for (name, (marked, swept, created)) in &names {
+        if !marked {
+            if *swept && t - created > KEEP_SWEPT && !opts.dry_run {
+                delete_quiet(repo, &[pruneplan::plan_key(PlanState::Swept, name)])?;
+            }
+            continue;
+        }
+        let plan = read_plan(repo, name)?;
+        if t < created + opts.grace {
+            r.plans_waiting += 1;
+            pending.extend(plan.packs.iter().cloned());
+            pending.extend(plan.segments.iter().cloned());
+            pending.extend(plan.revisions.iter().cloned());
+            continue;
+        }
+        r.plans_swept += 1;
+        if !opts.dry_run && !swept {
+            // The swept record first: an agent that reads the plan late
+            // still finds it under its new name.
+            let key = pruneplan::plan_key(PlanState::Swept, name);
+            repo.put(&key, &plan.seal(&repo.sealer)?)?;
+        }
+        let mut doomed_keys = Vec::new();
+        let mut deleted_packs = Vec::new();
+        for id in plan.pack_ids()? {
+            let key = id.object_key();
+            let Some(size) = pack_sizes.get(&id) else { continue };
+            match pack_used(&index, &id)? {
+                Some((0, _)) => {
+                    r.deleted.packs += 1;
+                    r.deleted.bytes += size;
+                    doomed_keys.push(key);
+                    deleted_packs.push(id);
+                }
+                // Referenced again, or unknown to this index: it stays.
+                _ => {
+                    r.kept_again.packs += 1;
+                    r.kept_again.bytes += size;
+                }
+            }
+        }
+        for key in &plan.segments {
+            let Some(size) = segment_sizes.get(key) else { continue };
+            if refs.segments.contains(key) {
+                r.kept_again.segments += 1;
+                r.kept_again.bytes += size;
+            } else {
+                r.deleted.segments += 1;
+                r.deleted.bytes += size;
+                doomed_keys.push(key.clone());
+            }
+        }
+        for key in &plan.revisions {
+            if refs.superseded.contains(key) {
+                r.deleted.revisions += 1;
+                doomed_keys.push(key.clone());
+            }
+        }
+        if !opts.dry_run {
+            crate::util::fault::hit("prune-before-delete");
+            delete_quiet(repo, &doomed_keys)?;
+            for id in &deleted_packs {
+                index.forget_pack(id)?;
+            }
+            crate::util::fault::hit("prune-after-delete");
+            delete_quiet(repo, &[pruneplan::plan_key(PlanState::Marked, name)])?;
+        }
+        swept_now.extend(doomed_keys);
+    }
+
+    // Mark.
+    let mut plan = PrunePlan::new(t);
+    let young = t - opts.grace;
+    for (id, _size, seen_at) in index.packs_with_age()? {
+        let key = id.object_key();
+        let Some(on_backend) = pack_sizes.get(&id) else { continue };
+        if pending.contains(&hex::encode(id.0)) || swept_now.contains(&key) {
+            continue;
+        }
+        match pack_used(&index, &id)? {
+            Some((0, _)) if seen_at <= young => {
+                plan.packs.push(hex::encode(id.0));
+                r.marked.packs += 1;
+                r.marked.bytes += on_backend;
+            }
+            Some((used, total)) if used < total && used > 0 => {
+                r.partly_used_packs += 1;
+                let unused = total - used;
+                r.partly_unused_bytes += unused;
+                if unused * 100 > total * opts.max_unused_pct {
+                    r.worth_repacking += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    for (key, size) in &segment_sizes {
+        if !refs.segments.contains(key) && !pending.contains(key) && !swept_now.contains(key) {
+            plan.segments.push(key.clone());
+            r.marked.segments += 1;
+            r.marked.bytes += size;
+        }
+    }
+    let mut superseded: Vec<&String> = refs.superseded.iter().collect();
+    superseded.sort();
+    for key in superseded {
+        if !pending.contains(key) && !swept_now.contains(key) {
+            plan.revisions.push(key.clone());
+            r.marked.revisions += 1;
+        }
+    }
+    if !plan.is_empty() && !opts.dry_run {
+        let name = pruneplan::new_name(t)?;
+        repo.put(&pruneplan::plan_key(PlanState::Marked, &name), &plan.seal(&repo.sealer)?)?;
+        index.learn_plan(&name, &plan.pack_ids()?, t)?;
+    }
+    if !opts.dry_run {
+        match repo.backend.cleanup_interrupted() {
+            Ok(n) => r.interrupted_uploads_removed = n,
+            Err(e) => log::warn!("cannot remove what interrupted uploads left: {e}"),
+        }
+    }
+    r.requests = repo.backend.requests();
+    Ok(r)
+}
+
+/// Delete keys; one that is gone already (a crashed run deleted it) is fine.
+fn delete_quiet(repo: &Repository, keys: &[String]) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    match repo.backend.delete_many(keys) {
+        Ok(()) => Ok(()),
+        Err(BackendError::NotFound(_)) => {
+            for k in keys {
+                match repo.backend.delete(k) {
+                    Ok(()) | Err(BackendError::NotFound(_)) => {}
+                    Err(e) => return Err(backend_err(e)).with_context(|| format!("cannot delete {k}")),
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(backend_err(e)).context("cannot delete what the prune plan marked"),
+    }
+}
