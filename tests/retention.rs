@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `n` snapshots s0.. of a changing tree, with a copy of each.
 fn series(env: &Env, n: usize, seed: u64) -> (PathBuf, Vec<PathBuf>) {
@@ -164,4 +164,250 @@ fn forget_refuses_what_it_cannot_mean() {
     let out = env.run(["forget", "s0", "--dataset", "ds"]);
     assert!(stderr(&out).contains("already forgotten"), "{}", stderr(&out));
     assert_eq!(env.list_json("ds")["changesets"].as_array().unwrap().len(), 3);
+}
+
+/// Every changeset `list` calls complete restores to its copy.
+fn all_complete_restore(env: &Env, dataset: &str, copies: &std::collections::HashMap<String, PathBuf>, tag: &str) {
+    let list = env.list_json(dataset);
+    for c in list["changesets"].as_array().unwrap() {
+        if c["status"] != "complete" {
+            continue;
+        }
+        let snap = c["snapshot"].as_str().unwrap();
+        let t = env.path(&format!("check-{tag}-{dataset}-{snap}"));
+        env.restore(dataset, snap, &t);
+        assert_same_tree(&copies[snap], &t);
+        std::fs::remove_dir_all(&t).unwrap();
+    }
+}
+
+#[test]
+fn prune_killed_at_random_points_twenty_times_leaves_a_readable_repository_that_the_rerun_finishes() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    std::fs::write(env.path("empty.toml"), "checkpoint_every = 4\n").unwrap();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut rng = Rng(seed_from_env_or_time());
+    eprintln!("seed {} (replay with N2S_SEED)", rng.0);
+    let mut copies = std::collections::HashMap::new();
+    let points = ["prune-before-delete", "prune-after-delete"];
+    let mut killed = 0;
+    for trial in 0..20 {
+        // New data, and an old changeset to forget: new garbage each trial.
+        for _ in 0..3 {
+            let i = rng.below(8);
+            let n = 40_000 + rng.below(40_000) as usize;
+            std::fs::write(src.join(format!("f{i}")), rng.bytes(n)).unwrap();
+        }
+        let label = format!("t{trial}");
+        let out = env.backup_small_packs("ds", &src, &label, 32);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let c = env.path(&format!("copy-{label}"));
+        copy_tree(&src, &c);
+        copies.insert(label, c);
+        env.ok(["forget", "--dataset", "ds", "--keep-last", "3"]);
+        // This run marks; the next one sweeps, and is killed at a named
+        // point of the sweep, or at a random moment.
+        env.ok(["prune", "--grace", "0"]);
+        let mut cmd = env.cmd();
+        cmd.args(["prune", "--grace", "0"]);
+        let out = if trial % 3 == 2 {
+            let mut child =
+                cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(rng.below(40)));
+            let _ = child.kill();
+            child.wait_with_output().unwrap()
+        } else {
+            cmd.env("N2S_FAULT", points[trial % 2]).output().unwrap()
+        };
+        if out.status.signal() == Some(9) {
+            killed += 1;
+        } else {
+            assert!(out.status.success(), "trial {trial}: {}", stderr(&out));
+        }
+        // Readable right after the kill, by this machine and by one with
+        // nothing but the repository.
+        let v: serde_json::Value = serde_json::from_str(&env.ok(["verify", "--level", "quick", "--json"])).unwrap();
+        assert_eq!(v["ok"], true, "trial {trial}: {v}");
+        all_complete_restore(&env, "ds", &copies, &format!("{trial}"));
+        // The rerun finishes.
+        env.ok(["prune", "--grace", "0"]);
+    }
+    assert!(killed >= 12, "only {killed} of 20 prunes were killed");
+    // Two clean runs more: everything forgotten is gone, the rest is whole.
+    env.ok(["prune", "--grace", "0"]);
+    env.ok(["prune", "--grace", "0"]);
+    let v: serde_json::Value = serde_json::from_str(&env.ok(["verify", "--level", "full", "--json"])).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    std::fs::remove_dir_all(&env.state).unwrap();
+    all_complete_restore(&env, "ds", &copies, "bare");
+    let leftover = files_under(&env.repo.join("prune")).len();
+    assert!(leftover <= 25, "{leftover} plan objects left");
+}
+
+#[test]
+fn prune_while_another_agent_backs_up_the_same_data_loses_nothing_in_twenty_rounds() {
+    // Host A backs up, forgets and prunes (a short grace); host B, with a
+    // state directory of its own, backs up trees made of the same blobs at
+    // the same time, so it keeps deduplicating against packs that A's
+    // prunes mark and delete.
+    let a = Env::new();
+    std::fs::write(a.path("empty.toml"), "checkpoint_every = 5\n").unwrap();
+    a.init();
+    let b_state = a.path("state-b");
+    let pool: Vec<Vec<u8>> = {
+        let mut rng = Rng(seed_from_env_or_time());
+        eprintln!("seed {} (replay with N2S_SEED)", rng.0);
+        (0..60)
+            .map(|_| {
+                let n = 20_000 + rng.below(30_000) as usize;
+                rng.bytes(n)
+            })
+            .collect()
+    };
+    let tree = |dir: &Path, rng: &mut Rng| {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap();
+        for i in 0..8 {
+            std::fs::write(dir.join(format!("f{i}")), &pool[rng.below(pool.len() as u64) as usize]).unwrap();
+        }
+    };
+    let rounds = 20;
+    let b = std::thread::scope(|s| {
+        let b = s.spawn(|| {
+            let mut rng = Rng(99);
+            let mut copies = std::collections::HashMap::new();
+            let src = a.path("src-b");
+            for round in 0..rounds {
+                tree(&src, &mut rng);
+                let label = format!("b{round}");
+                let out = a
+                    .cmd()
+                    .env("N2S_STATE_DIR", &b_state)
+                    .env("N2S_PACK_SIZE_KB", "16")
+                    .args(["backup", "--dataset", "b", "--source", "walk", "--path"])
+                    .arg(&src)
+                    .args(["--snapshot", &label])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "B round {round}: {}", stderr(&out));
+                // Restorable at once, while A prunes.
+                let t = a.path(&format!("rb-now-{label}"));
+                let out = a
+                    .cmd()
+                    .env("N2S_STATE_DIR", &b_state)
+                    .args(["restore", &label, "--dataset", "b", "--target"])
+                    .arg(&t)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "B round {round} restore: {}", stderr(&out));
+                assert_same_tree(&src, &t);
+                let out = a
+                    .cmd()
+                    .env("N2S_STATE_DIR", &b_state)
+                    .args(["forget", "--dataset", "b", "--keep-last", "3"])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "B round {round} forget: {}", stderr(&out));
+                let c = a.path(&format!("copy-{label}"));
+                copy_tree(&src, &c);
+                copies.insert(label, c);
+            }
+            copies
+        });
+        let mut rng = Rng(7);
+        let src = a.path("src-a");
+        let mut deleted = 0;
+        for round in 0..rounds {
+            tree(&src, &mut rng);
+            let out = a.backup_small_packs("a", &src, &format!("a{round}"), 16);
+            assert!(out.status.success(), "A round {round}: {}", stderr(&out));
+            a.ok(["forget", "--dataset", "a", "--keep-last", "1"]);
+            let p: serde_json::Value = serde_json::from_str(&a.ok(["prune", "--grace", "1s", "--json"])).unwrap();
+            deleted += p["deleted"]["packs"].as_u64().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        // The campaign is only worth something if prune really deleted.
+        assert!(deleted > 0, "no prune of the campaign deleted a pack");
+        b.join().unwrap()
+    });
+    // Let the last plans age, sweep them, and check everything B stored.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let p: serde_json::Value = serde_json::from_str(&a.ok(["prune", "--grace", "1s", "--json"])).unwrap();
+    eprintln!("last prune: {p}");
+    let v: serde_json::Value = serde_json::from_str(&a.ok(["verify", "--level", "full", "--json"])).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    let on_b = |args: &[&str]| {
+        let out = a.cmd().env("N2S_STATE_DIR", &b_state).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // B's index still lists packs A's prunes deleted: verify on B knows
+    // them from the plans and forgets them, no false alarm.
+    let vb: serde_json::Value = serde_json::from_str(&on_b(&["verify", "--level", "quick", "--json"])).unwrap();
+    assert_eq!(vb["ok"], true, "{vb}");
+    assert!(vb["pruned_packs_forgotten"].as_u64().unwrap() > 0, "{vb}");
+    let list: serde_json::Value = serde_json::from_str(&on_b(&["list", "--json", "--dataset", "b"])).unwrap();
+    let complete: Vec<String> = list["changesets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "complete")
+        .map(|c| c["snapshot"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(complete.len(), 3, "{list}");
+    // From B's state and from nothing but the repository.
+    for (i, snap) in complete.iter().enumerate() {
+        let t = a.path(&format!("rb-{snap}"));
+        on_b(&["restore", snap, "--dataset", "b", "--target", t.to_str().unwrap()]);
+        assert_same_tree(&b[snap], &t);
+        if i % 4 == 0 {
+            let t2 = a.path(&format!("rb-bare-{snap}"));
+            let out = a
+                .cmd()
+                .env("N2S_STATE_DIR", a.path(&format!("state-bare-{snap}")))
+                .args(["restore", snap, "--dataset", "b", "--target"])
+                .arg(&t2)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert_same_tree(&b[snap], &t2);
+        }
+    }
+}
+
+#[test]
+fn backup_with_prune_applies_the_datasets_policy_after_the_run() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        env.path("empty.toml"),
+        format!("[[dataset]]\nname = \"ds\"\nsource = \"walk\"\npath = \"{}\"\nkeep_last = 2\n", src.display()),
+    )
+    .unwrap();
+    env.init();
+    let mut rng = Rng(8);
+    let mut last = serde_json::Value::Null;
+    for step in 0..4 {
+        std::fs::write(src.join(format!("f{step}")), rng.bytes(30_000)).unwrap();
+        let out = env.ok(["backup", "--prune", "--json", "--snapshot", &format!("s{step}")]);
+        last = serde_json::from_str(&out).unwrap();
+    }
+    assert_eq!(last["forget"][0]["forget"][0]["snapshot"], "s1", "{last}");
+    assert!(last["prune"]["marked"].is_object(), "{last}");
+    let list = env.list_json("ds");
+    let complete: Vec<&str> = list["changesets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "complete")
+        .map(|c| c["snapshot"].as_str().unwrap())
+        .collect();
+    assert_eq!(complete, ["s2", "s3"], "{list}");
+    let t = env.path("r");
+    env.restore("ds", "s3", &t);
+    assert_same_tree(&src, &t);
 }

@@ -256,12 +256,13 @@ impl ChunkIndex {
     }
 
     /// Forget a pack and the homes it gave its chunks; homes in other
-    /// packs stay.
+    /// packs stay. A doomed pack stays doomed: if it turns up again (a
+    /// prune killed before its deletes), it is still never deduplicated
+    /// against.
     pub fn forget_pack(&mut self, id: &PackId) -> Result<()> {
         let tx = self.conn.transaction().db(&self.path)?;
         tx.execute("DELETE FROM chunks WHERE pack = ?1", params![&id.0[..]]).db(&self.path)?;
         tx.execute("DELETE FROM packs WHERE id = ?1", params![&id.0[..]]).db(&self.path)?;
-        tx.execute("DELETE FROM doomed_packs WHERE id = ?1", params![&id.0[..]]).db(&self.path)?;
         tx.commit().db(&self.path)
     }
 
@@ -326,6 +327,38 @@ impl ChunkIndex {
             }
         }
         Ok(out)
+    }
+
+    /// Record the segments on the backend and return when this index first
+    /// saw each (a segment of a manifest still being written is young).
+    pub fn segments_seen(&mut self, keys: &[&str], now: i64) -> Result<std::collections::HashMap<String, i64>> {
+        let tx = self.conn.transaction().db(&self.path)?;
+        let mut out = std::collections::HashMap::with_capacity(keys.len());
+        {
+            let mut ins = tx
+                .prepare_cached("INSERT OR IGNORE INTO seen_segments (key, first_seen) VALUES (?1, ?2)")
+                .db(&self.path)?;
+            let mut get = tx.prepare_cached("SELECT first_seen FROM seen_segments WHERE key = ?1").db(&self.path)?;
+            for k in keys {
+                ins.execute(params![k, now]).db(&self.path)?;
+                let at: i64 = get.query_row(params![k], |r| r.get(0)).db(&self.path)?;
+                out.insert(k.to_string(), at);
+            }
+        }
+        tx.commit().db(&self.path)?;
+        Ok(out)
+    }
+
+    /// Forget segments that are gone from the backend.
+    pub fn forget_segments(&mut self, keys: &[String]) -> Result<()> {
+        let tx = self.conn.transaction().db(&self.path)?;
+        {
+            let mut st = tx.prepare_cached("DELETE FROM seen_segments WHERE key = ?1").db(&self.path)?;
+            for k in keys {
+                st.execute(params![k]).db(&self.path)?;
+            }
+        }
+        tx.commit().db(&self.path)
     }
 
     /// SQLite's own structural check of the index file.

@@ -184,6 +184,10 @@ pub const INDEX_MIGRATIONS: &[&str] = &[
         since INTEGER NOT NULL
     ) WITHOUT ROWID;
     CREATE TABLE index_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TABLE seen_segments (
+        key TEXT PRIMARY KEY,
+        first_seen INTEGER NOT NULL        -- prune marks none younger than its grace
+    ) WITHOUT ROWID;
     "#,
 ];
 

@@ -38,6 +38,10 @@ pub struct BackupArgs {
     /// (for hosts without snapper or btrbk), then back up.
     #[arg(long)]
     pub take_snapshot: bool,
+    /// Afterwards, forget by each dataset's keep_* settings (the config
+    /// file) and prune (default grace).
+    #[arg(long)]
+    pub prune: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -63,21 +67,15 @@ fn dataset_specs(ctx: &Ctx, a: &BackupArgs) -> Result<Vec<DatasetConfig>> {
             let source = a.source.or(base.as_ref().map(|b| b.source)).ok_or_else(|| {
                 UsageError(format!("dataset {name:?} is not in the config file: give its --source and --path"))
             })?;
+            // Flags over the dataset's section; its other settings stay.
+            let base = base.unwrap_or_default();
             Ok(vec![DatasetConfig {
                 name: name.clone(),
                 source,
-                path: a.path.clone().or(base.as_ref().and_then(|b| b.path.clone())),
-                zfs_dataset: a.zfs_dataset.clone().or(base.as_ref().and_then(|b| b.zfs_dataset.clone())),
-                snapshot_dir: a.snapshot_dir.clone().or(base.as_ref().and_then(|b| b.snapshot_dir.clone())),
-                holds: base.as_ref().and_then(|b| b.holds),
-                diff_timeout_secs: base.as_ref().and_then(|b| b.diff_timeout_secs),
-                keep_last: base.as_ref().and_then(|b| b.keep_last),
-                keep_hourly: base.as_ref().and_then(|b| b.keep_hourly),
-                keep_daily: base.as_ref().and_then(|b| b.keep_daily),
-                keep_weekly: base.as_ref().and_then(|b| b.keep_weekly),
-                keep_monthly: base.as_ref().and_then(|b| b.keep_monthly),
-                keep_yearly: base.as_ref().and_then(|b| b.keep_yearly),
-                keep_within: base.as_ref().and_then(|b| b.keep_within.clone()),
+                path: a.path.clone().or(base.path.clone()),
+                zfs_dataset: a.zfs_dataset.clone().or(base.zfs_dataset.clone()),
+                snapshot_dir: a.snapshot_dir.clone().or(base.snapshot_dir.clone()),
+                ..base
             }])
         }
     }
@@ -258,15 +256,28 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
             }
         }
     }
+    let (forgot, pruned) = if a.prune && errors.is_empty() { retain(&ctx, &specs)? } else { (Vec::new(), None) };
     // Every request of this run: the backend is opened once per run.
     let requests = ctx.repo.backend.requests();
     if a.json {
         super::output::print_json(&serde_json::json!({
             "changesets": all, "abandoned": abandoned, "errors": errors, "requests": requests,
+            "forget": forgot, "prune": pruned,
         }))?;
     } else {
         for s in &all {
             print_summary(s);
+        }
+        for f in &forgot {
+            println!("{}: kept {}, forgot {}", f.dataset, f.keep.len(), f.forget.len());
+        }
+        if let Some(p) = &pruned {
+            println!(
+                "prune: deleted {} packs ({}), marked {} packs for a later run",
+                p.deleted.packs,
+                human_bytes(p.deleted.bytes),
+                p.marked.packs
+            );
         }
         if let Some(r) = &requests {
             println!("{}", requests_line(r));
@@ -302,6 +313,28 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
         );
     }
     super::ok()
+}
+
+/// `--prune`: forget by each dataset's policy, then prune.
+fn retain(
+    ctx: &Ctx,
+    specs: &[DatasetConfig],
+) -> Result<(Vec<crate::engine::forget::ForgetReport>, Option<crate::engine::prune::PruneReport>)> {
+    use crate::engine::forget::{Selection, forget};
+    let mut reports = Vec::new();
+    for d in specs {
+        let policy = d.policy()?;
+        if policy.is_empty() {
+            log::warn!("{}: --prune, but its [[dataset]] section sets no keep_* rule: nothing is forgotten", d.name);
+            continue;
+        }
+        let _lock = crate::state::DatasetLock::acquire(&ctx.state.lock(&d.name), &d.name)?;
+        let mut cat = ctx.existing_catalog(&d.name)?;
+        let zone = crate::engine::retention::LocalZone;
+        reports.push(forget(&ctx.repo, &mut cat, Selection::Policy(&policy), &zone, false)?);
+    }
+    let opts = crate::engine::prune::PruneOptions::default();
+    Ok((reports, Some(crate::engine::prune::prune(&ctx.repo, &ctx.state, &opts)?)))
 }
 
 #[cfg(feature = "zfs")]

@@ -10,15 +10,16 @@ use super::UsageError;
 pub const DEFAULT_CONFIG: &str = "/etc/n2s/agent.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/n2s";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
+    #[default]
     Walk,
     Btrfs,
     Zfs,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetConfig {
     pub name: String,

@@ -319,11 +319,15 @@ pub fn prune(repo: &Repository, state: &StatePaths, opts: &PruneOptions) -> Resu
             }
         }
         if !opts.dry_run {
-            crate::util::fault::hit("prune-before-delete");
-            delete_quiet(repo, &doomed_keys)?;
+            // The index forgets first: a crash before the deletes leaves
+            // packs a later sync learns again and the rerun sweeps.
             for id in &deleted_packs {
                 index.forget_pack(id)?;
             }
+            crate::util::fault::hit("prune-before-delete");
+            delete_quiet(repo, &doomed_keys)?;
+            let gone: Vec<String> = doomed_keys.iter().filter(|k| k.starts_with("segments/")).cloned().collect();
+            index.forget_segments(&gone)?;
             crate::util::fault::hit("prune-after-delete");
             delete_quiet(repo, &[pruneplan::plan_key(PlanState::Marked, name)])?;
         }
@@ -356,8 +360,13 @@ pub fn prune(repo: &Repository, state: &StatePaths, opts: &PruneOptions) -> Resu
             _ => {}
         }
     }
+    let keys: Vec<&str> = segment_sizes.keys().map(String::as_str).collect();
+    let first_seen = if opts.dry_run { Default::default() } else { index.segments_seen(&keys, t)? };
     for (key, size) in &segment_sizes {
-        if !refs.segments.contains(key) && !pending.contains(key) && !swept_now.contains(key) {
+        // A segment of a manifest still being written is named by no header
+        // yet: only one this agent has known for the grace period is marked.
+        let old_enough = first_seen.get(key).is_some_and(|at| *at <= young) || (opts.dry_run && opts.grace == 0);
+        if old_enough && !refs.segments.contains(key) && !pending.contains(key) && !swept_now.contains(key) {
             plan.segments.push(key.clone());
             r.marked.segments += 1;
             r.marked.bytes += size;

@@ -56,6 +56,8 @@ pub struct VerifyReport {
     pub summary_packs_absent: u64,
     /// Packs marked lost and still missing from the repository.
     pub lost_packs: Vec<String>,
+    /// Packs a prune deleted that the local index still had: forgotten.
+    pub pruned_packs_forgotten: u64,
     pub problems: Vec<String>,
 }
 
@@ -63,6 +65,8 @@ pub fn verify(repo: &Repository, state: &StatePaths, level: Level) -> Result<Ver
     let mut r = VerifyReport { level: Some(level), ..Default::default() };
     let mut index = ChunkIndex::open(&state.index_db())?;
     repo.sync_index(&mut index)?;
+    // A pack a prune plan named may be gone by now, as it should be.
+    super::prune::learn_plans(repo, &mut index)?;
     r.problems.extend(index.check()?);
     let on_backend: HashMap<PackId, u64> = repo.list_packs()?.into_iter().collect();
     r.packs = on_backend.len() as u64;
@@ -70,6 +74,11 @@ pub fn verify(repo: &Repository, state: &StatePaths, level: Level) -> Result<Ver
     let mut lost_now = 0u64;
     for (id, size) in index.packs()? {
         let why = match on_backend.get(&id) {
+            None if index.is_doomed(&id)? => {
+                index.forget_pack(&id)?;
+                r.pruned_packs_forgotten += 1;
+                continue;
+            }
             None => "is indexed but missing from the repository".to_string(),
             Some(s) if *s != size => format!("has {s} bytes, {size} expected"),
             _ => continue,
