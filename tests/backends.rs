@@ -3,38 +3,11 @@
 //! SeaweedFS, started on 127.0.0.1 by the tests). A backend that passes
 //! these does everything the CLI promises.
 
+#[macro_use]
 mod common;
-use common::s3::Kind;
 use common::*;
 
 use std::path::Path;
-
-/// Generates, for each test body, one #[test] per backend.
-macro_rules! on_every_backend {
-    ($($body:ident),* $(,)?) => {$(
-        mod $body {
-            use super::*;
-            #[test]
-            fn local() {
-                if let Some(env) = Env::on(Target::Local) {
-                    super::$body(&env)
-                }
-            }
-            #[test]
-            fn s3_moto() {
-                if let Some(env) = Env::on(Target::S3(Kind::Moto)) {
-                    super::$body(&env)
-                }
-            }
-            #[test]
-            fn s3_seaweedfs() {
-                if let Some(env) = Env::on(Target::S3(Kind::SeaweedFs)) {
-                    super::$body(&env)
-                }
-            }
-        }
-    )*};
-}
 
 on_every_backend!(
     a_series_of_snapshots_backs_up_and_restores_and_every_read_verb_answers,

@@ -11,6 +11,37 @@ use std::process::{Command, Output};
 
 pub mod s3;
 
+/// One #[test] per backend for each test body (a `fn(&Env)`): a local
+/// directory, and S3 on moto and on SeaweedFS. A test binary that says
+/// `#[macro_use] mod common;` uses it.
+#[allow(unused_macros)]
+macro_rules! on_every_backend {
+    ($($body:ident),* $(,)?) => {$(
+        mod $body {
+            use super::common::s3::Kind;
+            use super::common::{Env, Target};
+            #[test]
+            fn local() {
+                if let Some(env) = Env::on(Target::Local) {
+                    super::$body(&env)
+                }
+            }
+            #[test]
+            fn s3_moto() {
+                if let Some(env) = Env::on(Target::S3(Kind::Moto)) {
+                    super::$body(&env)
+                }
+            }
+            #[test]
+            fn s3_seaweedfs() {
+                if let Some(env) = Env::on(Target::S3(Kind::SeaweedFs)) {
+                    super::$body(&env)
+                }
+            }
+        }
+    )*};
+}
+
 use n2s_agent::fsx::Dir;
 use n2s_agent::model::{FileType, display_path, join_path};
 use std::os::unix::fs::{PermissionsExt, symlink};
