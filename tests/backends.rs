@@ -17,6 +17,7 @@ on_every_backend!(
     every_request_failing_is_a_clean_error_and_stores_nothing_complete,
     forget_keeps_what_the_policy_says_and_every_kept_changeset_restores,
     forget_and_prune_give_the_space_back_and_what_is_kept_restores,
+    prune_repacks_mostly_unused_packs_and_every_agent_still_restores,
 );
 
 fn json(env: &Env, args: &[&str]) -> serde_json::Value {
@@ -359,4 +360,75 @@ fn forget_and_prune_give_the_space_back_and_what_is_kept_restores(env: &Env) {
     let t = env.path("r6");
     env.restore("ds", "s6", &t);
     assert_same_tree(&src, &t);
+}
+
+fn prune_repacks_mostly_unused_packs_and_every_agent_still_restores(env: &Env) {
+    std::fs::write(env.path("empty.toml"), "checkpoint_every = 100\n").unwrap();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut rng = Rng(seed_from_env_or_time());
+    eprintln!("seed {} (replay with N2S_SEED)", rng.0);
+    // 64 KiB packs of about three 20 KB files each.
+    for i in 0..12 {
+        std::fs::write(src.join(format!("f{i:02}")), rng.bytes(20_000)).unwrap();
+    }
+    let backup = |env: &Env, path: &Path, label: &str| {
+        let out = env.backup_small_packs("ds", path, label, 64);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    backup(env, &src, "s0");
+    // Most of s0's files change: its packs keep a third of their bytes.
+    for i in 0..12 {
+        if i % 3 != 0 {
+            std::fs::write(src.join(format!("f{i:02}")), rng.bytes(20_000)).unwrap();
+        }
+    }
+    backup(env, &src, "s1");
+    let kept = env.path("kept");
+    copy_tree(&src, &kept);
+    // Another agent has an index of its own that knows the old packs.
+    let other = env.path("state-other");
+    let restore_as_other = |tag: &str| {
+        let t = env.path(&format!("other-{tag}"));
+        let out = env
+            .cmd()
+            .env("N2S_STATE_DIR", &other)
+            .args(["restore", "s1", "--dataset", "ds", "--target"])
+            .arg(&t)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{tag}: {}", stderr(&out));
+        assert_same_tree(&kept, &t);
+    };
+    restore_as_other("before");
+    env.ok(["forget", "s0", "--dataset", "ds"]);
+    let size = |env: &Env| json(env, &["verify", "--level", "quick", "--json"])["pack_bytes"].as_u64().unwrap();
+    // --max-repack 0: nothing is copied.
+    let none = json(env, &["prune", "--grace", "0", "--dry-run", "--json"]);
+    assert!(none["worth_repacking"].as_u64().unwrap() > 0, "{none}");
+    let p = json(env, &["prune", "--grace", "0", "--max-repack", "0", "--json"]);
+    assert_eq!(p["repacked_packs"], 0, "{p}");
+    let p = json(env, &["prune", "--grace", "0", "--max-unused", "10", "--json"]);
+    assert!(p["repacked_packs"].as_u64().unwrap() > 0 && p["new_packs"].as_u64().unwrap() > 0, "{p}");
+    assert!(p["requests"]["get"].as_u64().unwrap() < 60, "{p}");
+    let t = env.path("r-marked");
+    env.restore("ds", "s1", &t);
+    assert_same_tree(&kept, &t);
+    let s = json(env, &["prune", "--grace", "0", "--json"]);
+    assert!(s["deleted"]["packs"].as_u64().unwrap() >= p["repacked_packs"].as_u64().unwrap(), "{s}");
+    let t = env.path("r-swept");
+    env.restore("ds", "s1", &t);
+    assert_same_tree(&kept, &t);
+    // The other agent's index still points at packs that are gone: its
+    // restore finds the new homes.
+    restore_as_other("after");
+    let v = json(env, &["verify", "--level", "full", "--json"]);
+    assert_eq!(v["ok"], true, "{v}");
+    let fresh = env.sibling();
+    std::fs::write(fresh.path("empty.toml"), "checkpoint_every = 100\n").unwrap();
+    fresh.init();
+    backup(&fresh, &kept, "s1");
+    let (after, want) = (size(env), size(&fresh));
+    assert!(after * 10 <= want * 11, "repacked {after} B, a fresh backup of what is kept {want} B");
 }

@@ -286,6 +286,26 @@ impl ChunkIndex {
         tx.commit().db(&self.path)
     }
 
+    /// The packs other than `pack` that hold the chunk and are neither
+    /// lost nor doomed: homes that let `pack` go without it.
+    pub fn other_homes(&self, id: &ChunkId, pack: &PackId) -> Result<Vec<PackId>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT c.pack FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?1 AND c.pack != ?2 \
+                 AND p.lost_at IS NULL AND NOT EXISTS (SELECT 1 FROM doomed_packs d WHERE d.id = c.pack)",
+            )
+            .db(&self.path)?;
+        let rows = st.query_map(params![&id.0[..], &pack.0[..]], |r| r.get::<_, Vec<u8>>(0)).db(&self.path)?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Ok(a) = <[u8; 32]>::try_from(r.db(&self.path)?) {
+                out.push(PackId(a));
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether any pack is doomed (most runs: none, and nothing to check).
     pub fn any_doomed(&self) -> Result<bool> {
         let mut st = self.conn.prepare_cached("SELECT 1 FROM doomed_packs LIMIT 1").db(&self.path)?;

@@ -22,8 +22,9 @@ pub struct PruneArgs {
     /// A pack more than PCT percent unused is worth repacking (reported).
     #[arg(long, value_name = "PCT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=100))]
     pub max_unused: u64,
-    /// Bytes to move by repacking in one run, such as 10G (repacking is not
-    /// in this version: partly used packs stay, and are reported).
+    /// Bytes of still-needed chunks a run may copy out of mostly unused
+    /// packs into new ones, such as 500M or 10G (default: no bound). Each
+    /// repacked pack is downloaded once; 0 repacks nothing.
     #[arg(long, value_name = "SIZE")]
     pub max_repack: Option<String>,
     #[arg(long)]
@@ -34,12 +35,41 @@ fn parse_dur(s: &str) -> Result<i64, String> {
     crate::util::parse_duration(s)
 }
 
+/// `500M`, `10G`, `1T`, `4096` (bytes), `64K`: binary units.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{s:?} is not a size: write a number with K, M, G or T, such as 10G")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size: write a number with K, M, G or T, such as 10G"))
+}
+
 pub fn run(g: &GlobalArgs, a: PruneArgs) -> Result<ExitCode> {
     let ctx = Ctx::open(g)?;
-    if a.max_repack.is_some() {
-        log::warn!("--max-repack: this version does not repack; partly used packs stay and are reported");
+    let mut opts =
+        PruneOptions { dry_run: a.dry_run, grace: a.grace, max_unused_pct: a.max_unused, ..Default::default() };
+    if let Some(m) = &a.max_repack {
+        opts.max_repack = parse_size(m).map_err(|e| super::UsageError(format!("--max-repack: {e}")))?;
     }
-    let opts = PruneOptions { dry_run: a.dry_run, grace: a.grace, max_unused_pct: a.max_unused };
+    if let Some(mb) = ctx.settings.file.pack_size_mb {
+        opts.pack_target = (mb.clamp(1, 512) as usize) << 20;
+    }
+    if let Ok(kb) = std::env::var("N2S_PACK_SIZE_KB").map(|v| v.parse::<usize>().unwrap_or(16 << 10)) {
+        opts.pack_target = kb.max(4) << 10; // tests: small packs
+    }
     let r = prune(&ctx.repo, &ctx.state, &opts)?;
     if a.json {
         super::output::print_json(&serde_json::to_value(&r)?)?;
@@ -87,6 +117,14 @@ fn print_text(r: &PruneReport) {
             r.partly_used_packs,
             human_bytes(r.partly_unused_bytes),
             r.worth_repacking
+        );
+    }
+    if r.repacked_packs > 0 {
+        println!(
+            "  repacked {} packs: {} of needed chunks copied into {} new packs; the old ones are marked",
+            r.repacked_packs,
+            human_bytes(r.repacked_bytes),
+            r.new_packs
         );
     }
     if r.interrupted_uploads_removed > 0 {

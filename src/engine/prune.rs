@@ -22,7 +22,7 @@ use super::chain;
 use crate::backend::{BackendError, RequestCounts};
 use crate::catalog::index::ChunkIndex;
 use crate::core::manifest::ManifestKind;
-use crate::core::pack::PackId;
+use crate::core::pack::{self, PackBuilder, PackId};
 use crate::core::pruneplan::{self, PLAN_PREFIX, PlanState, PrunePlan};
 use crate::model::ChunkId;
 use crate::repo::Repository;
@@ -42,14 +42,17 @@ pub struct PruneOptions {
     /// Seconds a plan waits before its sweep; also the least age of a pack
     /// before it is marked (a backup still uploading has unreferenced packs).
     pub grace: i64,
-    /// Percent of a pack's bytes that may be unused before it counts as
-    /// worth repacking (reported; packs are not repacked yet).
+    /// Percent of a pack's bytes that may be unused before it is repacked.
     pub max_unused_pct: u64,
+    /// Bytes of needed chunks a run may copy into new packs.
+    pub max_repack: u64,
+    /// Target size of the packs a repack writes.
+    pub pack_target: usize,
 }
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        PruneOptions { dry_run: false, grace: 3600, max_unused_pct: 10 }
+        PruneOptions { dry_run: false, grace: 3600, max_unused_pct: 10, max_repack: u64::MAX, pack_target: 16 << 20 }
     }
 }
 
@@ -82,6 +85,11 @@ pub struct PruneReport {
     pub partly_unused_bytes: u64,
     /// Of those, packs above --max-unused.
     pub worth_repacking: u64,
+    /// Packs whose needed chunks this run copied into new packs (they are
+    /// marked, and go with this run's plan), and the bytes copied.
+    pub repacked_packs: u64,
+    pub repacked_bytes: u64,
+    pub new_packs: u64,
     /// Leftovers of interrupted uploads removed (local tmp/, S3 multipart).
     pub interrupted_uploads_removed: u64,
     pub requests: Option<RequestCounts>,
@@ -237,15 +245,23 @@ pub fn prune(repo: &Repository, state: &StatePaths, opts: &PruneOptions) -> Resu
         .into_iter()
         .map(|o| (o.key, o.size))
         .collect();
-    let pack_used = |index: &ChunkIndex, id: &PackId| -> Result<Option<(u64, u64)>> {
+    // What of a pack is still needed: referenced chunks with no other
+    // home (one neither lost, doomed, nor in `leaving`).
+    let needed = |index: &ChunkIndex, id: &PackId, leaving: &HashSet<PackId>| -> Result<Option<(u64, u64)>> {
         let entries = index.pack_entries(id)?;
         if entries.is_empty() {
             return Ok(None);
         }
-        let used: u64 = entries.iter().filter(|e| refs.has_chunk(&e.id)).map(|e| u64::from(e.sealed_len)).sum();
-        let total: u64 = entries.iter().map(|e| u64::from(e.sealed_len)).sum();
+        let (mut used, mut total) = (0u64, 0u64);
+        for e in &entries {
+            total += u64::from(e.sealed_len);
+            if refs.has_chunk(&e.id) && !index.other_homes(&e.id, id)?.iter().any(|h| !leaving.contains(h)) {
+                used += u64::from(e.sealed_len);
+            }
+        }
         Ok(Some((used, total)))
     };
+    let none: HashSet<PackId> = HashSet::new();
 
     // Sweep.
     let mut pending: HashSet<String> = HashSet::new();
@@ -287,7 +303,7 @@ pub fn prune(repo: &Repository, state: &StatePaths, opts: &PruneOptions) -> Resu
         for id in plan.pack_ids()? {
             let key = id.object_key();
             let Some(size) = pack_sizes.get(&id) else { continue };
-            match pack_used(&index, &id)? {
+            match needed(&index, &id, &none)? {
                 Some((0, _)) => {
                     r.deleted.packs += 1;
                     r.deleted.bytes += size;
@@ -337,15 +353,18 @@ pub fn prune(repo: &Repository, state: &StatePaths, opts: &PruneOptions) -> Resu
     // Mark.
     let mut plan = PrunePlan::new(t);
     let young = t - opts.grace;
+    let mut leaving: HashSet<PackId> = HashSet::new();
+    let mut repack: Vec<(PackId, u64, u64)> = Vec::new(); // (pack, needed, unused)
     for (id, _size, seen_at) in index.packs_with_age()? {
         let key = id.object_key();
         let Some(on_backend) = pack_sizes.get(&id) else { continue };
-        if pending.contains(&hex::encode(id.0)) || swept_now.contains(&key) {
+        if pending.contains(&hex::encode(id.0)) || swept_now.contains(&key) || index.is_doomed(&id)? {
             continue;
         }
-        match pack_used(&index, &id)? {
+        match needed(&index, &id, &leaving)? {
             Some((0, _)) if seen_at <= young => {
                 plan.packs.push(hex::encode(id.0));
+                leaving.insert(id);
                 r.marked.packs += 1;
                 r.marked.bytes += on_backend;
             }
@@ -353,11 +372,33 @@ pub fn prune(repo: &Repository, state: &StatePaths, opts: &PruneOptions) -> Resu
                 r.partly_used_packs += 1;
                 let unused = total - used;
                 r.partly_unused_bytes += unused;
-                if unused * 100 > total * opts.max_unused_pct {
+                if unused * 100 > total * opts.max_unused_pct && seen_at <= young {
                     r.worth_repacking += 1;
+                    repack.push((id, used, unused));
                 }
             }
             _ => {}
+        }
+    }
+    if !opts.dry_run && !repack.is_empty() {
+        // Most unused first, as far as --max-repack allows.
+        repack.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+        let mut chosen = Vec::new();
+        for (id, used, _) in repack {
+            if r.repacked_bytes + used > opts.max_repack {
+                continue;
+            }
+            r.repacked_bytes += used;
+            chosen.push(id);
+        }
+        let (done, made) = repack_packs(repo, &mut index, &refs, &chosen, &leaving, opts.pack_target, t)?;
+        r.new_packs = made;
+        for id in done {
+            plan.packs.push(hex::encode(id.0));
+            leaving.insert(id);
+            r.repacked_packs += 1;
+            r.marked.packs += 1;
+            r.marked.bytes += pack_sizes.get(&id).copied().unwrap_or(0);
         }
     }
     let keys: Vec<&str> = segment_sizes.keys().map(String::as_str).collect();
@@ -393,6 +434,82 @@ pub fn prune(repo: &Repository, state: &StatePaths, opts: &PruneOptions) -> Resu
     }
     r.requests = repo.backend.requests();
     Ok(r)
+}
+
+/// Copy the needed chunks of `packs` into new packs: each old pack is read
+/// whole (the only time prune downloads a pack), checked against its name,
+/// and its sealed blobs are copied as they are (no reseal). The new packs
+/// are stored and indexed, and summarized, before the caller's plan marks
+/// the old ones, so every agent can find the new homes. Returns the packs
+/// whose needed chunks all have a new home.
+fn repack_packs(
+    repo: &Repository,
+    index: &mut ChunkIndex,
+    refs: &References,
+    packs: &[PackId],
+    leaving: &HashSet<PackId>,
+    target: usize,
+    t: i64,
+) -> Result<(Vec<PackId>, u64)> {
+    let mut builder = PackBuilder::new(target + (4 << 20));
+    let mut in_builder: HashSet<ChunkId> = HashSet::new();
+    let mut done = Vec::new();
+    let mut waiting = Vec::new();
+    let mut made = 0u64;
+    let mut flush = |builder: &mut PackBuilder, index: &mut ChunkIndex| -> Result<()> {
+        if builder.is_empty() {
+            return Ok(());
+        }
+        made += 1;
+        let full = std::mem::replace(builder, PackBuilder::new(target + (4 << 20)));
+        let p = full.finish(&repo.sealer);
+        repo.put(&p.id.object_key(), &p.bytes)?;
+        index.add_pack(&p.id, p.bytes.len() as u64, &p.entries, t)?;
+        Ok(())
+    };
+    for id in packs {
+        let key = id.object_key();
+        let bytes = match repo.backend.get(&key, None) {
+            Ok(b) => b,
+            Err(e) => {
+                log::warn!("prune: cannot read pack {key} to repack it ({e}); it stays");
+                continue;
+            }
+        };
+        if PackId::of(&bytes) != *id {
+            log::warn!("prune: pack {key} does not hash to its name; it stays (run `n2s-agent verify`)");
+            continue;
+        }
+        let entries = match pack::parse_pack(&repo.sealer, &bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                log::warn!("prune: pack {key} cannot be parsed ({e:#}); it stays");
+                continue;
+            }
+        };
+        for e in &entries {
+            // A home in a pack that leaves with this run's plan is no home.
+            let keep = refs.has_chunk(&e.id) && index.other_homes(&e.id, id)?.iter().all(|h| leaving.contains(h));
+            if !keep || !in_builder.insert(e.id) {
+                continue;
+            }
+            let end = e.offset as usize + e.sealed_len as usize;
+            let blob = bytes.get(e.offset as usize..end).with_context(|| format!("pack {key} is truncated"))?;
+            builder.add(e.id, e.kind, e.raw_len, blob);
+            if builder.len() >= target {
+                flush(&mut builder, index)?;
+                done.append(&mut waiting);
+            }
+        }
+        waiting.push(*id);
+    }
+    flush(&mut builder, index)?;
+    done.append(&mut waiting);
+    if let Err(e) = repo.write_summaries(index) {
+        log::warn!("prune: cannot summarize the repacked packs ({e:#}); other agents read their own indexes");
+    }
+    crate::util::fault::hit("prune-after-repack");
+    Ok((done, made))
 }
 
 /// Delete keys; one that is gone already (a crashed run deleted it) is fine.

@@ -821,7 +821,24 @@ fn restore_file(
         let mut pos = 0u64;
         let mut run = ReadRun::default();
         let mut write_run = |run: &mut ReadRun| -> Result<()> {
-            for data in repo.read_chunks(&run.chunks)? {
+            let datas = match repo.read_chunks(&run.chunks) {
+                Ok(d) => d,
+                // The pack may be gone: a prune elsewhere repacked its
+                // chunks and deleted it. Learn what the repository holds
+                // now, and read each chunk from its home there.
+                Err(e) => {
+                    resync(repo, index_path, index_synced)?;
+                    let mut out = Vec::with_capacity(run.chunks.len());
+                    for (id, _) in &run.chunks {
+                        let loc = index.lookup(id)?.ok_or_else(|| anyhow::anyhow!("{e:#}"))?;
+                        out.push(
+                            repo.read_chunk(id, &loc).with_context(|| format!("{e:#}; and again after a resync"))?,
+                        );
+                    }
+                    out
+                }
+            };
+            for data in datas {
                 hasher.update(&data);
                 write_sparse(&mut file, &data)?;
                 pos += data.len() as u64;
@@ -946,15 +963,22 @@ fn lookup(
     if let Some(loc) = index.lookup(id)? {
         return Ok(loc);
     }
-    {
-        let mut synced = index_synced.lock().unwrap_or_else(|e| e.into_inner());
-        if !*synced {
-            let mut writer = ChunkIndex::open(index_path)?;
-            repo.sync_index(&mut writer)?;
-            *synced = true;
-        }
-    }
+    resync(repo, index_path, index_synced)?;
     index.lookup(id)?.with_context(|| format!("chunk {} is in no pack of the repository", &id.to_hex()[..16]))
+}
+
+/// Once per restore, after a miss: learn the packs on the backend (the
+/// local index is a cache and may be behind) and the prune plans (a pack
+/// they name may be gone; reads then prefer another home).
+fn resync(repo: &Repository, index_path: &Path, index_synced: &Mutex<bool>) -> Result<()> {
+    let mut synced = index_synced.lock().unwrap_or_else(|e| e.into_inner());
+    if !*synced {
+        let mut writer = ChunkIndex::open(index_path)?;
+        repo.sync_index(&mut writer)?;
+        super::prune::learn_plans(repo, &mut writer)?;
+        *synced = true;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
