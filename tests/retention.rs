@@ -197,13 +197,16 @@ fn prune_killed_at_random_points_twenty_times_leaves_a_readable_repository_that_
     let mut rng = Rng(seed_from_env_or_time());
     eprintln!("seed {} (replay with N2S_SEED)", rng.0);
     let mut copies = std::collections::HashMap::new();
-    let points = ["prune-before-delete", "prune-after-delete"];
+    let points = ["prune-before-delete", "prune-after-delete", "prune-after-repack"];
     let mut killed = 0;
-    for trial in 0..20 {
+    // Three warm-up rounds, so that every trial has a changeset to forget.
+    for trial in 0..23 {
         // New data, and an old changeset to forget: new garbage each trial.
         for _ in 0..3 {
             let i = rng.below(8);
-            let n = 40_000 + rng.below(40_000) as usize;
+            // Two or three files to a 32 KiB pack: forgetting leaves packs
+            // partly used, and prune repacks them.
+            let n = 10_000 + rng.below(10_000) as usize;
             std::fs::write(src.join(format!("f{i}")), rng.bytes(n)).unwrap();
         }
         let label = format!("t{trial}");
@@ -212,20 +215,38 @@ fn prune_killed_at_random_points_twenty_times_leaves_a_readable_repository_that_
         let c = env.path(&format!("copy-{label}"));
         copy_tree(&src, &c);
         copies.insert(label, c);
+        if trial < 3 {
+            continue;
+        }
         env.ok(["forget", "--dataset", "ds", "--keep-last", "3"]);
-        // This run marks; the next one sweeps, and is killed at a named
-        // point of the sweep, or at a random moment.
-        env.ok(["prune", "--grace", "0"]);
+        // This run marks (and repacks); the next one sweeps. One of them is
+        // killed at a named point, or the sweep at a random moment.
+        let point = points[trial % 3];
+        let first = if trial % 4 != 3 && point == "prune-after-repack" {
+            env.cmd().env("N2S_FAULT", point).args(["prune", "--grace", "0"]).output().unwrap()
+        } else {
+            env.cmd().args(["prune", "--grace", "0"]).output().unwrap()
+        };
+        if first.status.signal() == Some(9) {
+            killed += 1;
+            let v: serde_json::Value = serde_json::from_str(&env.ok(["verify", "--level", "quick", "--json"])).unwrap();
+            assert_eq!(v["ok"], true, "trial {trial}, after a kill in the marking run: {v}");
+            all_complete_restore(env, "ds", &copies, &format!("{trial}-first"));
+        } else {
+            assert!(first.status.success(), "trial {trial}: {}", stderr(&first));
+        }
         let mut cmd = env.cmd();
         cmd.args(["prune", "--grace", "0"]);
-        let out = if trial % 3 == 2 {
+        let out = if trial % 4 == 3 {
             let mut child =
                 cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(rng.below(40)));
+            std::thread::sleep(std::time::Duration::from_millis(rng.below(12)));
             let _ = child.kill();
             child.wait_with_output().unwrap()
+        } else if point != "prune-after-repack" {
+            cmd.env("N2S_FAULT", point).output().unwrap()
         } else {
-            cmd.env("N2S_FAULT", points[trial % 2]).output().unwrap()
+            cmd.output().unwrap()
         };
         if out.status.signal() == Some(9) {
             killed += 1;
@@ -240,7 +261,8 @@ fn prune_killed_at_random_points_twenty_times_leaves_a_readable_repository_that_
         // The rerun finishes.
         env.ok(["prune", "--grace", "0"]);
     }
-    assert!(killed >= 12, "only {killed} of 20 prunes were killed");
+    eprintln!("{killed} of 20 prunes killed");
+    assert!(killed >= 15, "only {killed} of 20 prunes were killed");
     // Two clean runs more: everything forgotten is gone, the rest is whole.
     env.ok(["prune", "--grace", "0"]);
     env.ok(["prune", "--grace", "0"]);
@@ -267,7 +289,8 @@ fn prune_while_another_agent_backs_up_the_same_data_loses_nothing_in_twenty_roun
         eprintln!("seed {} (replay with N2S_SEED)", rng.0);
         (0..60)
             .map(|_| {
-                let n = 20_000 + rng.below(30_000) as usize;
+                // Two or so to a 16 KiB pack: packs get partly used, and repacked.
+                let n = 5_000 + rng.below(6_000) as usize;
                 rng.bytes(n)
             })
             .collect()
@@ -324,7 +347,7 @@ fn prune_while_another_agent_backs_up_the_same_data_loses_nothing_in_twenty_roun
         });
         let mut rng = Rng(7);
         let src = a.path("src-a");
-        let mut deleted = 0;
+        let (mut deleted, mut repacked) = (0, 0);
         for round in 0..rounds {
             tree(&src, &mut rng);
             let out = a.backup_small_packs("a", &src, &format!("a{round}"), 16);
@@ -332,10 +355,12 @@ fn prune_while_another_agent_backs_up_the_same_data_loses_nothing_in_twenty_roun
             a.ok(["forget", "--dataset", "a", "--keep-last", "1"]);
             let p: serde_json::Value = serde_json::from_str(&a.ok(["prune", "--grace", "1s", "--json"])).unwrap();
             deleted += p["deleted"]["packs"].as_u64().unwrap();
+            repacked += p["repacked_packs"].as_u64().unwrap();
             std::thread::sleep(std::time::Duration::from_millis(300));
         }
         // The campaign is only worth something if prune really deleted.
         assert!(deleted > 0, "no prune of the campaign deleted a pack");
+        eprintln!("the campaign's prunes deleted {deleted} packs and repacked {repacked}");
         b.join().unwrap()
     });
     // Let the last plans age, sweep them, and check everything B stored.
