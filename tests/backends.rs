@@ -18,6 +18,7 @@ on_every_backend!(
     forget_keeps_what_the_policy_says_and_every_kept_changeset_restores,
     forget_and_prune_give_the_space_back_and_what_is_kept_restores,
     prune_repacks_mostly_unused_packs_and_every_agent_still_restores,
+    many_small_files_restore_with_a_few_requests,
 );
 
 fn json(env: &Env, args: &[&str]) -> serde_json::Value {
@@ -431,4 +432,31 @@ fn prune_repacks_mostly_unused_packs_and_every_agent_still_restores(env: &Env) {
     backup(&fresh, &kept, "s1");
     let (after, want) = (size(env), size(&fresh));
     assert!(after * 10 <= want * 11, "repacked {after} B, a fresh backup of what is kept {want} B");
+}
+
+fn many_small_files_restore_with_a_few_requests(env: &Env) {
+    env.init();
+    let src = env.path("src");
+    let mut rng = Rng(seed_from_env_or_time());
+    eprintln!("seed {} (replay with N2S_SEED)", rng.0);
+    for d in 0..6 {
+        std::fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+        for i in 0..100 {
+            let n = rng.below(8000) as usize;
+            std::fs::write(src.join(format!("d{d}/f{i:03}")), rng.bytes(n)).unwrap();
+        }
+        // Same content in many files, and empty ones, inside one batch.
+        for i in 0..5 {
+            std::fs::write(src.join(format!("d{d}/same{i}")), b"the same bytes").unwrap();
+            std::fs::write(src.join(format!("d{d}/empty{i}")), b"").unwrap();
+        }
+    }
+    env.backup("ds", &src, "s");
+    let t = env.path("t");
+    let out = env.ok(["restore", "s", "--dataset", "ds", "--json", "--target", t.to_str().unwrap()]);
+    assert_same_tree(&src, &t);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // 660 files in one 16 MiB pack: a read covers many files, not one each.
+    let gets = r["requests"]["get"].as_u64().unwrap();
+    assert!(gets < 40, "{gets} GETs for 660 small files: {r}");
 }

@@ -145,6 +145,27 @@ struct FileJob {
     group: u64,
 }
 
+/// What a worker gets: one file, or several small files whose chunks lie
+/// close together in one pack, read with one request (`run`) for all of
+/// them: 200,000 small files are a few hundred GETs, not 200,000.
+struct Job {
+    files: Vec<FileJob>,
+    run: ReadRun,
+}
+
+/// Small files gathered for one read, in the main thread.
+#[derive(Default)]
+struct Batch {
+    files: Vec<FileJob>,
+    run: ReadRun,
+    ids: HashSet<ChunkId>,
+}
+
+/// A file this small (and of at most this many chunks) may share a read.
+const BATCH_FILE_MAX: u64 = 1 << 20;
+const BATCH_FILE_CHUNKS: usize = 4;
+const BATCH_FILES: usize = 512;
+
 /// What a worker did with a job; `None`: skipped, the restore is stopping.
 struct Outcome {
     id: u64,
@@ -297,6 +318,9 @@ struct Run<'a> {
     /// does, it is named at the end.
     inflight: HashMap<u64, Vec<u8>>,
     next_id: u64,
+    /// The main thread's own index connection, to place small files.
+    index: ChunkIndex,
+    batch: Batch,
 }
 
 pub fn restore(
@@ -317,7 +341,7 @@ pub fn restore(
     let workers = opts.workers.max(1);
     // Every worker's index connection first: a failure here stops the
     // restore before anything is written, instead of in the middle.
-    let mut indexes = (0..workers)
+    let mut indexes = (0..=workers)
         .map(|_| ChunkIndex::open(index_path))
         .collect::<Result<Vec<_>>>()
         .with_context(|| format!("cannot open the chunk index {} for restore", index_path.display()))?;
@@ -351,9 +375,11 @@ pub fn restore(
         full: None,
         inflight: HashMap::new(),
         next_id: 0,
+        index: indexes.pop().expect("the main thread's index"),
+        batch: Batch::default(),
     };
     let index_synced = Mutex::new(false);
-    let (job_tx, job_rx) = bounded::<FileJob>(workers * 4);
+    let (job_tx, job_rx) = bounded::<Job>(workers * 4);
     // Unbounded, but it never holds more than the jobs in flight: the main
     // thread takes outcomes after every entry.
     let (out_tx, out_rx) = unbounded::<Outcome>();
@@ -367,25 +393,55 @@ pub fn restore(
             let (job_rx, out_tx) = (job_rx.clone(), out_tx.clone());
             let (stop, index_synced) = (&stop, &index_synced);
             s.spawn(move || {
-                for job in job_rx {
-                    let result = (!stop.load(Ordering::Relaxed)).then(|| {
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            restore_file(repo, &index, index_path, index_synced, &job, opts.overwrite, euid.is_root())
-                        }))
-                        .unwrap_or_else(|_| Err(anyhow!("its restore worker failed (a bug): run restore again")))
-                    });
-                    if let Some(Err(e)) = &result
-                        && is_no_space(e)
-                    {
-                        stop.store(true, Ordering::Relaxed);
+                for Job { files, run } in job_rx {
+                    // One read for a batch; a file whose chunks it lacks (the
+                    // read failed) reads them itself, with every fallback.
+                    let pre: HashMap<ChunkId, Vec<u8>> = if run.chunks.is_empty() || stop.load(Ordering::Relaxed) {
+                        HashMap::new()
+                    } else {
+                        match repo.read_chunks(&run.chunks) {
+                            Ok(datas) => run.chunks.iter().map(|(id, _)| *id).zip(datas).collect(),
+                            Err(e) => {
+                                log::debug!(
+                                    "a shared read of {} chunks failed ({e:#}); reading per file",
+                                    run.chunks.len()
+                                );
+                                HashMap::new()
+                            }
+                        }
+                    };
+                    for job in files {
+                        let result = (!stop.load(Ordering::Relaxed)).then(|| {
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                restore_file(
+                                    repo,
+                                    &index,
+                                    index_path,
+                                    index_synced,
+                                    &job,
+                                    &pre,
+                                    opts.overwrite,
+                                    euid.is_root(),
+                                )
+                            }))
+                            .unwrap_or_else(|_| Err(anyhow!("its restore worker failed (a bug): run restore again")))
+                        });
+                        if let Some(Err(e)) = &result
+                            && is_no_space(e)
+                        {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        // The receiver lives until every worker is done.
+                        let _ = out_tx.send(Outcome { id: job.id, path: job.path, group: job.group, result });
                     }
-                    // The receiver lives until every worker is done.
-                    let _ = out_tx.send(Outcome { id: job.id, path: job.path, group: job.group, result });
                 }
             });
         }
         drop((job_rx, out_tx));
         run.main_pass(&job_tx, &out_rx)?;
+        // What waits in the batch goes now, even when stopping: the workers
+        // then report each file skipped.
+        run.flush_batch(&job_tx);
         if !run.stopping() {
             run.write_first_links(&job_tx, &out_rx)?;
         }
@@ -533,8 +589,44 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Hand a regular file to the workers.
-    fn dispatch(&mut self, job_tx: &Sender<FileJob>, row: FileRow, meta: Metadata, group: u64) -> Result<()> {
+    /// Send the batch of small files to the workers.
+    fn flush_batch(&mut self, job_tx: &Sender<Job>) {
+        let b = std::mem::take(&mut self.batch);
+        if !b.files.is_empty() {
+            self.send(job_tx, Job { files: b.files, run: b.run });
+        }
+    }
+
+    fn send(&mut self, job_tx: &Sender<Job>, job: Job) {
+        if let Err(e) = job_tx.send(job) {
+            for f in e.into_inner().files {
+                self.inflight.remove(&f.id);
+                self.fail(&f.path, anyhow!("the restore workers stopped (a bug): run restore again with --overwrite"));
+            }
+        }
+    }
+
+    /// Where a small file's chunks are, if it may share a read with others.
+    fn batchable(&self, job: &FileJob) -> Result<Option<Vec<(ChunkId, ChunkLocation)>>> {
+        if job.group != 0 || job.meta.size > BATCH_FILE_MAX || job.chunks.len() > BATCH_FILE_CHUNKS {
+            return Ok(None);
+        }
+        let mut locs = Vec::with_capacity(job.chunks.len());
+        for id in &job.chunks {
+            match self.index.lookup(id)? {
+                Some(loc) => locs.push((*id, loc)),
+                // Not in the local index: the worker's own read syncs it.
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(locs))
+    }
+
+    /// Hand a regular file to the workers: a small one joins the batch when
+    /// its chunks lie near the batch's in the same pack (files backed up
+    /// together were packed together, and a walk in path order meets them
+    /// together again); anything else goes alone.
+    fn dispatch(&mut self, job_tx: &Sender<Job>, row: FileRow, meta: Metadata, group: u64) -> Result<()> {
         let (parent, name) = split_path(&row.path);
         let dir = match self.stack.get(parent) {
             Ok(d) => d,
@@ -547,17 +639,38 @@ impl Run<'_> {
         let id = self.next_id;
         self.next_id += 1;
         self.inflight.insert(id, row.path.clone());
-        let path = row.path.clone();
         let job = FileJob { id, dir, path: row.path, tmp, meta, chunks: row.chunks, hash: row.file_hash, group };
-        if job_tx.send(job).is_err() {
-            self.inflight.remove(&id);
-            self.fail(&path, anyhow!("the restore workers stopped (a bug): run restore again with --overwrite"));
+        let Some(locs) = self.batchable(&job)? else {
+            self.send(job_tx, Job { files: vec![job], run: ReadRun::default() });
+            return Ok(());
+        };
+        let fits = |b: &Batch| {
+            let mut trial = b.run.clone();
+            for (id, loc) in &locs {
+                if b.ids.contains(id) {
+                    continue;
+                }
+                if !trial.admits(loc) {
+                    return false;
+                }
+                trial.push(*id, loc.clone());
+            }
+            true
+        };
+        if self.batch.files.len() >= BATCH_FILES || !fits(&self.batch) {
+            self.flush_batch(job_tx);
         }
+        for (id, loc) in locs {
+            if self.batch.ids.insert(id) {
+                self.batch.run.push(id, loc);
+            }
+        }
+        self.batch.files.push(job);
         Ok(())
     }
 
     /// Walk every selection in path order: parents before children.
-    fn main_pass(&mut self, job_tx: &Sender<FileJob>, out_rx: &Receiver<Outcome>) -> Result<()> {
+    fn main_pass(&mut self, job_tx: &Sender<Job>, out_rx: &Receiver<Outcome>) -> Result<()> {
         let mut ancestors_done = HashSet::new();
         for sel in self.selections.clone() {
             self.ancestors(&sel, &mut ancestors_done)?;
@@ -598,7 +711,7 @@ impl Run<'_> {
     }
 
     /// One entry of the main walk.
-    fn entry(&mut self, row: FileRow, job_tx: &Sender<FileJob>) -> Result<()> {
+    fn entry(&mut self, row: FileRow, job_tx: &Sender<Job>) -> Result<()> {
         self.rep.entries += 1;
         let Some(meta) = row.meta.clone() else {
             self.rep.fail(&row.path, "its catalog row has no file type: run `n2s-agent catalog rebuild`");
@@ -711,7 +824,7 @@ impl Run<'_> {
         }
     }
 
-    fn write_first_links(&mut self, job_tx: &Sender<FileJob>, out_rx: &Receiver<Outcome>) -> Result<()> {
+    fn write_first_links(&mut self, job_tx: &Sender<Job>, out_rx: &Receiver<Outcome>) -> Result<()> {
         self.hardlink_pass(|run, role, row, meta| {
             match role {
                 Role::Leader => {
@@ -803,12 +916,14 @@ impl Run<'_> {
 /// Write one file under its temporary name from its chunks, apply its
 /// metadata through its descriptor, and rename it onto its name. On any
 /// failure the temporary file goes, and whatever was at the name stays.
+#[allow(clippy::too_many_arguments)]
 fn restore_file(
     repo: &Repository,
     index: &ChunkIndex,
     index_path: &Path,
     index_synced: &Mutex<bool>,
     job: &FileJob,
+    pre: &HashMap<ChunkId, Vec<u8>>,
     overwrite: bool,
     chown: bool,
 ) -> Result<Written> {
@@ -820,7 +935,8 @@ fn restore_file(
         let mut hasher = blake3::Hasher::new();
         let mut pos = 0u64;
         let mut run = ReadRun::default();
-        let mut write_run = |run: &mut ReadRun| -> Result<()> {
+        // Writes the pending run, then `then` (a chunk a shared read brought).
+        let mut write_run = |run: &mut ReadRun, then: Option<&[u8]>| -> Result<()> {
             let datas = match repo.read_chunks(&run.chunks) {
                 Ok(d) => d,
                 // The pack may be gone: a prune elsewhere repacked its
@@ -838,22 +954,26 @@ fn restore_file(
                     out
                 }
             };
-            for data in datas {
-                hasher.update(&data);
-                write_sparse(&mut file, &data)?;
+            for data in datas.iter().map(Vec::as_slice).chain(then) {
+                hasher.update(data);
+                write_sparse(&mut file, data)?;
                 pos += data.len() as u64;
             }
             *run = ReadRun::default();
             Ok(())
         };
         for id in &job.chunks {
+            if let Some(data) = pre.get(id) {
+                write_run(&mut run, Some(data))?;
+                continue;
+            }
             let loc = lookup(repo, index, index_path, index_synced, id)?;
             if !run.admits(&loc) {
-                write_run(&mut run)?;
+                write_run(&mut run, None)?;
             }
             run.push(*id, loc);
         }
-        write_run(&mut run)?;
+        write_run(&mut run, None)?;
         file.set_len(pos)?;
         if let Some(h) = job.hash
             && *hasher.finalize().as_bytes() != h
@@ -889,7 +1009,7 @@ const MERGE_GAP: u64 = 1 << 20;
 const MERGE_MAX: u64 = 16 << 20;
 
 /// Consecutive chunks of a file to fetch with one range read.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct ReadRun {
     chunks: Vec<(ChunkId, ChunkLocation)>,
     /// The span of the pack they cover, padding included.
