@@ -444,6 +444,7 @@ pub fn restore(
         run.flush_batch(&job_tx);
         if !run.stopping() {
             run.write_first_links(&job_tx, &out_rx)?;
+            run.flush_batch(&job_tx);
         }
         drop(job_tx);
         for o in out_rx.iter() {
