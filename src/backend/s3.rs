@@ -572,10 +572,10 @@ impl Backend for S3Backend {
         self.block(async {
             let mut out = Vec::new();
             let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full).into_paginator().send();
-            while let Some(page) = {
+            // Counted per page that came back (or failed): the paginator's
+            // last `next` sends nothing.
+            while let Some(page) = pages.next().await {
                 self.counts.list();
-                pages.next().await
-            } {
                 let page = page.map_err(|e| self.map_err("listing", prefix, e))?;
                 for o in page.contents() {
                     let Some(k) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else { continue };
