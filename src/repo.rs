@@ -508,6 +508,15 @@ impl Repository {
             .with_context(|| format!("cannot store {key} in {}", self.backend.location()))
     }
 
+    /// `put`, giving the body away: decorators and the S3 client take it
+    /// without copying (packs).
+    pub fn put_shared(&self, key: &str, data: std::sync::Arc<Vec<u8>>) -> Result<PutOutcome> {
+        self.backend
+            .put_shared(key, data)
+            .map_err(backend_err)
+            .with_context(|| format!("cannot store {key} in {}", self.backend.location()))
+    }
+
     /// Read one chunk from its pack and prove it is the chunk asked for.
     pub fn read_chunk(&self, id: &ChunkId, loc: &ChunkLocation) -> Result<Vec<u8>> {
         let key = loc.pack.object_key();

@@ -441,3 +441,38 @@ fn backup_with_prune_applies_the_datasets_policy_after_the_run() {
     env.restore("ds", "s3", &t);
     assert_same_tree(&src, &t);
 }
+
+#[test]
+fn what_an_abandoned_changeset_uploaded_goes_with_the_next_prunes() {
+    let env = Env::new();
+    env.init();
+    let (src, copies) = series(&env, 2, 31);
+    // A big new file, killed after some of its packs are stored.
+    let mut rng = Rng(32);
+    std::fs::write(src.join("big"), rng.bytes(3_000_000)).unwrap();
+    let out = env
+        .cmd()
+        .env("N2S_FAULT", "pack-uploaded:3")
+        .env("N2S_PACK_SIZE_KB", "256")
+        .args(["backup", "--dataset", "ds", "--source", "walk", "--path"])
+        .arg(&src)
+        .args(["--snapshot", "doomed"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "the backup was to be killed: {}", stderr(&out));
+    let size = |env: &Env| -> u64 {
+        let v: serde_json::Value = serde_json::from_str(&env.ok(["verify", "--level", "quick", "--json"])).unwrap();
+        v["pack_bytes"].as_u64().unwrap()
+    };
+    let with_partial = size(&env);
+    env.ok(["abandon", "doomed", "--dataset", "ds"]);
+    env.ok(["prune", "--grace", "0"]);
+    env.ok(["prune", "--grace", "0"]);
+    let after = size(&env);
+    assert!(after + 500_000 < with_partial, "the partial upload's packs stay: {after} of {with_partial}");
+    for (step, c) in copies.iter().enumerate() {
+        let t = env.path(&format!("r{step}"));
+        env.restore("ds", &format!("s{step}"), &t);
+        assert_same_tree(c, &t);
+    }
+}

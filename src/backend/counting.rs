@@ -122,6 +122,12 @@ impl Backend for CountingBackend {
         self.counter.put(if r.is_ok() { data.len() as u64 } else { 0 });
         r
     }
+    fn put_shared(&self, key: &str, data: std::sync::Arc<Vec<u8>>) -> BResult<PutOutcome> {
+        let n = data.len() as u64;
+        let r = self.inner.put_shared(key, data);
+        self.counter.put(if r.is_ok() { n } else { 0 });
+        r
+    }
     fn get(&self, key: &str, range: Option<Range<u64>>) -> BResult<Vec<u8>> {
         let r = self.inner.get(key, range);
         self.counter.get(r.as_ref().map_or(0, |b| b.len() as u64));

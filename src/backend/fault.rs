@@ -256,6 +256,9 @@ impl Backend for FaultBackend {
     fn put_if_absent(&self, key: &str, data: &[u8]) -> BResult<PutOutcome> {
         self.run(Op::Put, key, false, || self.inner.put_if_absent(key, data))
     }
+    fn put_shared(&self, key: &str, data: std::sync::Arc<Vec<u8>>) -> BResult<PutOutcome> {
+        self.run(Op::Put, key, false, || self.inner.put_shared(key, data.clone()))
+    }
     fn get(&self, key: &str, range: Option<Range<u64>>) -> BResult<Vec<u8>> {
         let ranged = range.as_ref().is_some_and(|r| r.end > r.start);
         match self.check(Op::Get, key, ranged)? {

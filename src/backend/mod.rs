@@ -68,6 +68,13 @@ pub trait Backend: Send + Sync {
     /// Store `data` under `key` unless an object is there already. The
     /// object appears whole or not at all.
     fn put_if_absent(&self, key: &str, data: &[u8]) -> BResult<PutOutcome>;
+    /// `put_if_absent` of a body the caller gives away (a pack: 16 MiB). A
+    /// decorator that hands the call to another thread, or a backend whose
+    /// client must own the body, takes it as it is instead of copying it.
+    /// Decorators must forward it.
+    fn put_shared(&self, key: &str, data: std::sync::Arc<Vec<u8>>) -> BResult<PutOutcome> {
+        self.put_if_absent(key, &data)
+    }
     /// Read an object, or the byte range of it.
     fn get(&self, key: &str, range: Option<Range<u64>>) -> BResult<Vec<u8>>;
     /// Every object whose key starts with `prefix`, in no particular order.

@@ -77,6 +77,12 @@ impl Backend for RateLimitBackend {
         }
         self.inner.put_if_absent(key, data)
     }
+    fn put_shared(&self, key: &str, data: std::sync::Arc<Vec<u8>>) -> BResult<PutOutcome> {
+        if let Some(b) = &self.up {
+            b.take(data.len() as u64);
+        }
+        self.inner.put_shared(key, data)
+    }
     fn get(&self, key: &str, range: Option<Range<u64>>) -> BResult<Vec<u8>> {
         let body = self.inner.get(key, range)?;
         if let Some(b) = &self.down {

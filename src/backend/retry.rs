@@ -87,6 +87,9 @@ impl Backend for RetryBackend {
     fn put_if_absent(&self, key: &str, data: &[u8]) -> BResult<PutOutcome> {
         self.run("storing", key, || self.inner.put_if_absent(key, data))
     }
+    fn put_shared(&self, key: &str, data: std::sync::Arc<Vec<u8>>) -> BResult<PutOutcome> {
+        self.run("storing", key, || self.inner.put_shared(key, data.clone()))
+    }
     fn get(&self, key: &str, range: Option<Range<u64>>) -> BResult<Vec<u8>> {
         self.run("reading", key, || {
             let body = self.inner.get(key, range.clone())?;

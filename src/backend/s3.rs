@@ -25,6 +25,7 @@
 //!   what this file marks `Transient`, the same way for every backend.
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
@@ -78,6 +79,15 @@ pub fn parse_url(url: &str) -> anyhow::Result<(String, String)> {
     }
     let prefix = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
     Ok((bucket.to_string(), prefix))
+}
+
+/// A pack body shared with the uploader, as the SDK's body bytes.
+struct SharedBody(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedBody {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
 }
 
 fn crc32c_b64(data: &[u8]) -> String {
@@ -241,7 +251,8 @@ impl S3Backend {
         key.starts_with("data/").then(|| self.pack_class.clone()).flatten()
     }
 
-    async fn put_plain(&self, full: &str, key: &str, data: &[u8], conditional: bool) -> BResult<PutOutcome> {
+    async fn put_plain(&self, full: &str, key: &str, data: &Arc<Vec<u8>>, conditional: bool) -> BResult<PutOutcome> {
+        // The body shares the caller's bytes: no copy per attempt.
         let mut req = self
             .client
             .put_object()
@@ -249,7 +260,7 @@ impl S3Backend {
             .key(full)
             .content_length(data.len() as i64)
             .checksum_crc32_c(crc32c_b64(data))
-            .body(ByteStream::from(data.to_vec()));
+            .body(ByteStream::from(bytes::Bytes::from_owner(SharedBody(data.clone()))));
         if conditional {
             req = req.if_none_match("*");
         }
@@ -473,13 +484,18 @@ impl Backend for S3Backend {
     }
 
     fn put_if_absent(&self, key: &str, data: &[u8]) -> BResult<PutOutcome> {
+        self.put_shared(key, Arc::new(data.to_vec()))
+    }
+
+    fn put_shared(&self, key: &str, data: Arc<Vec<u8>>) -> BResult<PutOutcome> {
         let full = self.full(key)?;
+        let data = &data;
         self.block(async {
             if data.len() as u64 > self.multipart_threshold {
                 if self.conditional.load(Ordering::Relaxed) == COND_NO && self.head(&full, key).await?.is_some() {
                     return Ok(PutOutcome::AlreadyExists);
                 }
-                return self.put_multipart(&full, key, data).await;
+                return self.put_multipart(&full, key, data.as_slice()).await;
             }
             if self.conditional.load(Ordering::Relaxed) != COND_NO {
                 match self.put_plain(&full, key, data, true).await {

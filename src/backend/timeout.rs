@@ -198,6 +198,11 @@ impl Backend for TimeoutBackend {
         let (k, data) = (key.to_string(), data.to_vec());
         self.call("storing", key, true, move |b| b.put_if_absent(&k, &data))
     }
+    fn put_shared(&self, key: &str, data: std::sync::Arc<Vec<u8>>) -> BResult<PutOutcome> {
+        // The worker shares the body: no copy of a 16 MiB pack per attempt.
+        let k = key.to_string();
+        self.call("storing", key, true, move |b| b.put_shared(&k, data))
+    }
     fn get(&self, key: &str, range: Option<Range<u64>>) -> BResult<Vec<u8>> {
         let k = key.to_string();
         self.call("reading", key, false, move |b| b.get(&k, range))

@@ -142,6 +142,8 @@ impl Sealed {
 struct PackJob {
     seq: u64,
     pack: FinishedPack,
+    /// Bytes of the pack, kept when its body goes to the backend.
+    size: u64,
 }
 
 enum ToCommitter {
@@ -361,11 +363,17 @@ pub fn upload_changeset(
             let commit_tx = commit_tx.clone();
             let abort = &abort;
             s.spawn(move || {
-                for job in pack_rx {
+                for mut job in pack_rx {
                     if abort.load(Ordering::Relaxed) {
                         continue; // a failed run stores nothing more
                     }
-                    match repo.put(&job.pack.id.object_key(), &job.pack.bytes) {
+                    // The body goes to the backend, shared, not copied, and
+                    // is freed as soon as it is stored: the committer needs
+                    // only its size.
+                    job.size = job.pack.bytes.len() as u64;
+                    let body = std::sync::Arc::new(std::mem::take(&mut job.pack.bytes));
+                    let stored = repo.put_shared(&job.pack.id.object_key(), body);
+                    match stored {
                         Ok(_) => {
                             fault::hit("pack-uploaded");
                             let seq = job.seq;
@@ -469,7 +477,10 @@ fn run_packer(
                             acc.need_pack = pack_seq;
                             if builder.len() >= pack_target {
                                 let full = std::mem::replace(&mut builder, PackBuilder::new(pack_target + (4 << 20)));
-                                if pack_tx.send(PackJob { seq: pack_seq, pack: full.finish(&repo.sealer) }).is_err() {
+                                if pack_tx
+                                    .send(PackJob { seq: pack_seq, pack: full.finish(&repo.sealer), size: 0 })
+                                    .is_err()
+                                {
                                     return Ok(());
                                 }
                                 pack_seq += 1;
@@ -484,7 +495,10 @@ fn run_packer(
                         waiting_on_open += 1;
                         if waiting_on_open >= MAX_WAITING_ON_OPEN_PACK && !builder.is_empty() {
                             let full = std::mem::replace(&mut builder, PackBuilder::new(pack_target + (4 << 20)));
-                            if pack_tx.send(PackJob { seq: pack_seq, pack: full.finish(&repo.sealer) }).is_err() {
+                            if pack_tx
+                                .send(PackJob { seq: pack_seq, pack: full.finish(&repo.sealer), size: 0 })
+                                .is_err()
+                            {
                                 return Ok(());
                             }
                             pack_seq += 1;
@@ -518,7 +532,7 @@ fn run_packer(
         }
     }
     if !builder.is_empty() {
-        let _ = pack_tx.send(PackJob { seq: pack_seq, pack: builder.finish(&repo.sealer) });
+        let _ = pack_tx.send(PackJob { seq: pack_seq, pack: builder.finish(&repo.sealer), size: 0 });
     }
     Ok(())
 }
@@ -576,9 +590,9 @@ fn run_committer(
                 report.failed.push(format!("{}: {error}", display_path(&path)));
             }
             ToCommitter::Confirmed { seq, job } => {
-                index.add_pack(&job.pack.id, job.pack.bytes.len() as u64, &job.pack.entries, now())?;
-                catalog.add_uploaded(cs, job.pack.bytes.len() as u64)?;
-                report.bytes_uploaded += job.pack.bytes.len() as u64;
+                index.add_pack(&job.pack.id, job.size, &job.pack.entries, now())?;
+                catalog.add_uploaded(cs, job.size)?;
+                report.bytes_uploaded += job.size;
                 report.packs += 1;
                 confirmed.insert(seq);
                 while confirmed.remove(&(watermark + 1)) {
