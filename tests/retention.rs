@@ -449,10 +449,10 @@ fn what_an_abandoned_changeset_uploaded_goes_with_the_next_prunes() {
     let (src, copies) = series(&env, 2, 31);
     // A big new file, killed after some of its packs are stored.
     let mut rng = Rng(32);
-    std::fs::write(src.join("big"), rng.bytes(3_000_000)).unwrap();
+    std::fs::write(src.join("big"), rng.bytes(12_000_000)).unwrap();
     let out = env
         .cmd()
-        .env("N2S_FAULT", "pack-uploaded:3")
+        .env("N2S_FAULT", "pack-uploaded:2")
         .env("N2S_PACK_SIZE_KB", "256")
         .args(["backup", "--dataset", "ds", "--source", "walk", "--path"])
         .arg(&src)
