@@ -547,13 +547,14 @@ impl Backend for S3Backend {
                 self.map_err("reading", key, e)
             })?;
             let stored_sum = out.checksum_crc32_c().map(str::to_string);
-            let body = out
+            // Into a Vec without a second copy when the body came whole.
+            let body: Vec<u8> = out
                 .body
                 .collect()
                 .await
                 .map_err(|e| BackendError::Transient(anyhow::anyhow!("S3 read of {key} broke off: {e}")))?
                 .into_bytes()
-                .to_vec();
+                .into();
             self.counts.get(body.len() as u64);
             match &range {
                 // Some servers answer a range past the end with what they

@@ -145,26 +145,50 @@ struct FileJob {
     group: u64,
 }
 
-/// What a worker gets: one file, or several small files whose chunks lie
-/// close together in one pack, read with one request (`run`) for all of
-/// them: 200,000 small files are a few hundred GETs, not 200,000.
+/// What a worker gets: one file, or many small files with the reads that
+/// bring all their chunks: their chunks, sorted by pack and offset, merged
+/// into runs (one range read each), so 200,000 small files cost a few
+/// hundred GETs, not 200,000.
 struct Job {
     files: Vec<FileJob>,
-    run: ReadRun,
+    runs: Vec<ReadRun>,
 }
 
-/// Small files gathered for one read, in the main thread.
+/// Small files gathered in the main thread, with where their chunks are.
 #[derive(Default)]
 struct Batch {
     files: Vec<FileJob>,
-    run: ReadRun,
+    chunks: Vec<(ChunkId, ChunkLocation)>,
     ids: HashSet<ChunkId>,
+    raw: u64,
 }
 
-/// A file this small (and of at most this many chunks) may share a read.
+impl Batch {
+    /// The chunks in pack order, merged into runs.
+    fn runs(mut chunks: Vec<(ChunkId, ChunkLocation)>) -> Vec<ReadRun> {
+        chunks.sort_by(|a, b| a.1.pack.cmp(&b.1.pack).then(a.1.offset.cmp(&b.1.offset)));
+        let mut runs = Vec::new();
+        let mut run = ReadRun::default();
+        for (id, loc) in chunks {
+            if !run.admits(&loc) {
+                runs.push(std::mem::take(&mut run));
+            }
+            run.push(id, loc);
+        }
+        if !run.chunks.is_empty() {
+            runs.push(run);
+        }
+        runs
+    }
+}
+
+/// A file this small (and of at most this many chunks) goes in a batch.
 const BATCH_FILE_MAX: u64 = 1 << 20;
 const BATCH_FILE_CHUNKS: usize = 4;
-const BATCH_FILES: usize = 512;
+/// A batch holds at most this many files, and this many bytes of chunks
+/// (held in memory by its worker until its files are written).
+const BATCH_FILES: usize = 1024;
+const BATCH_BYTES: u64 = 8 << 20;
 
 /// What a worker did with a job; `None`: skipped, the restore is stopping.
 struct Outcome {
@@ -393,23 +417,21 @@ pub fn restore(
             let (job_rx, out_tx) = (job_rx.clone(), out_tx.clone());
             let (stop, index_synced) = (&stop, &index_synced);
             s.spawn(move || {
-                for Job { files, run } in job_rx {
-                    // One read for a batch; a file whose chunks it lacks (the
+                for Job { files, runs } in job_rx {
+                    // The batch's reads; a file whose chunks they lack (a
                     // read failed) reads them itself, with every fallback.
-                    let pre: HashMap<ChunkId, Vec<u8>> = if run.chunks.is_empty() || stop.load(Ordering::Relaxed) {
-                        HashMap::new()
-                    } else {
+                    let mut pre: HashMap<ChunkId, Vec<u8>> = HashMap::new();
+                    for run in runs.iter().filter(|_| !stop.load(Ordering::Relaxed)) {
                         match repo.read_chunks(&run.chunks) {
-                            Ok(datas) => run.chunks.iter().map(|(id, _)| *id).zip(datas).collect(),
+                            Ok(datas) => pre.extend(run.chunks.iter().map(|(id, _)| *id).zip(datas)),
                             Err(e) => {
                                 log::debug!(
                                     "a shared read of {} chunks failed ({e:#}); reading per file",
                                     run.chunks.len()
-                                );
-                                HashMap::new()
+                                )
                             }
                         }
-                    };
+                    }
                     for job in files {
                         let result = (!stop.load(Ordering::Relaxed)).then(|| {
                             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -594,7 +616,7 @@ impl Run<'_> {
     fn flush_batch(&mut self, job_tx: &Sender<Job>) {
         let b = std::mem::take(&mut self.batch);
         if !b.files.is_empty() {
-            self.send(job_tx, Job { files: b.files, run: b.run });
+            self.send(job_tx, Job { files: b.files, runs: Batch::runs(b.chunks) });
         }
     }
 
@@ -623,10 +645,10 @@ impl Run<'_> {
         Ok(Some(locs))
     }
 
-    /// Hand a regular file to the workers: a small one joins the batch when
-    /// its chunks lie near the batch's in the same pack (files backed up
-    /// together were packed together, and a walk in path order meets them
-    /// together again); anything else goes alone.
+    /// Hand a regular file to the workers: a small one joins the batch
+    /// (files backed up together were packed together, and a walk in path
+    /// order meets them together again, so the batch's reads are few and
+    /// dense); anything else goes alone.
     fn dispatch(&mut self, job_tx: &Sender<Job>, row: FileRow, meta: Metadata, group: u64) -> Result<()> {
         let (parent, name) = split_path(&row.path);
         let dir = match self.stack.get(parent) {
@@ -642,28 +664,17 @@ impl Run<'_> {
         self.inflight.insert(id, row.path.clone());
         let job = FileJob { id, dir, path: row.path, tmp, meta, chunks: row.chunks, hash: row.file_hash, group };
         let Some(locs) = self.batchable(&job)? else {
-            self.send(job_tx, Job { files: vec![job], run: ReadRun::default() });
+            self.send(job_tx, Job { files: vec![job], runs: Vec::new() });
             return Ok(());
         };
-        let fits = |b: &Batch| {
-            let mut trial = b.run.clone();
-            for (id, loc) in &locs {
-                if b.ids.contains(id) {
-                    continue;
-                }
-                if !trial.admits(loc) {
-                    return false;
-                }
-                trial.push(*id, loc.clone());
-            }
-            true
-        };
-        if self.batch.files.len() >= BATCH_FILES || !fits(&self.batch) {
+        let raw: u64 = locs.iter().map(|(_, l)| u64::from(l.raw_len)).sum();
+        if self.batch.files.len() >= BATCH_FILES || self.batch.raw + raw > BATCH_BYTES {
             self.flush_batch(job_tx);
         }
         for (id, loc) in locs {
             if self.batch.ids.insert(id) {
-                self.batch.run.push(id, loc);
+                self.batch.raw += u64::from(loc.raw_len);
+                self.batch.chunks.push((id, loc));
             }
         }
         self.batch.files.push(job);
