@@ -151,21 +151,34 @@ struct FileJob {
 /// hundred GETs, not 200,000.
 struct Job {
     files: Vec<FileJob>,
-    runs: Vec<ReadRun>,
+    /// Small files read together (the worker places their chunks).
+    batch: bool,
 }
 
-/// Small files gathered in the main thread, with where their chunks are.
+/// Small files gathered in the main thread.
 #[derive(Default)]
 struct Batch {
     files: Vec<FileJob>,
-    chunks: Vec<(ChunkId, ChunkLocation)>,
-    ids: HashSet<ChunkId>,
-    raw: u64,
+    bytes: u64,
 }
 
 impl Batch {
-    /// The chunks in pack order, merged into runs.
-    fn runs(mut chunks: Vec<(ChunkId, ChunkLocation)>) -> Vec<ReadRun> {
+    /// Where the files' chunks are (the worker's index; a chunk it does not
+    /// know is left to its file's own reads), in pack order, merged into runs.
+    fn runs(files: &[FileJob], index: &ChunkIndex) -> Result<Vec<ReadRun>> {
+        let mut seen = HashSet::new();
+        let mut chunks = Vec::new();
+        for id in files.iter().flat_map(|f| f.chunks.iter()) {
+            if seen.insert(*id)
+                && let Some(loc) = index.lookup(id)?
+            {
+                chunks.push((*id, loc));
+            }
+        }
+        Ok(Self::merge(chunks))
+    }
+
+    fn merge(mut chunks: Vec<(ChunkId, ChunkLocation)>) -> Vec<ReadRun> {
         chunks.sort_by(|a, b| a.1.pack.cmp(&b.1.pack).then(a.1.offset.cmp(&b.1.offset)));
         let mut runs = Vec::new();
         let mut run = ReadRun::default();
@@ -342,8 +355,6 @@ struct Run<'a> {
     /// does, it is named at the end.
     inflight: HashMap<u64, Vec<u8>>,
     next_id: u64,
-    /// The main thread's own index connection, to place small files.
-    index: ChunkIndex,
     batch: Batch,
 }
 
@@ -365,7 +376,7 @@ pub fn restore(
     let workers = opts.workers.max(1);
     // Every worker's index connection first: a failure here stops the
     // restore before anything is written, instead of in the middle.
-    let mut indexes = (0..=workers)
+    let mut indexes = (0..workers)
         .map(|_| ChunkIndex::open(index_path))
         .collect::<Result<Vec<_>>>()
         .with_context(|| format!("cannot open the chunk index {} for restore", index_path.display()))?;
@@ -399,7 +410,6 @@ pub fn restore(
         full: None,
         inflight: HashMap::new(),
         next_id: 0,
-        index: indexes.pop().expect("the main thread's index"),
         batch: Batch::default(),
     };
     let index_synced = Mutex::new(false);
@@ -417,10 +427,17 @@ pub fn restore(
             let (job_rx, out_tx) = (job_rx.clone(), out_tx.clone());
             let (stop, index_synced) = (&stop, &index_synced);
             s.spawn(move || {
-                for Job { files, runs } in job_rx {
+                for Job { files, batch } in job_rx {
                     // The batch's reads; a file whose chunks they lack (a
                     // read failed) reads them itself, with every fallback.
                     let mut pre: HashMap<ChunkId, Vec<u8>> = HashMap::new();
+                    let runs = match batch {
+                        true => Batch::runs(&files, &index).unwrap_or_else(|e| {
+                            log::debug!("cannot place a batch's chunks ({e:#}); reading per file");
+                            Vec::new()
+                        }),
+                        false => Vec::new(),
+                    };
                     for run in runs.iter().filter(|_| !stop.load(Ordering::Relaxed)) {
                         match repo.read_chunks(&run.chunks) {
                             Ok(datas) => pre.extend(run.chunks.iter().map(|(id, _)| *id).zip(datas)),
@@ -616,7 +633,7 @@ impl Run<'_> {
     fn flush_batch(&mut self, job_tx: &Sender<Job>) {
         let b = std::mem::take(&mut self.batch);
         if !b.files.is_empty() {
-            self.send(job_tx, Job { files: b.files, runs: Batch::runs(b.chunks) });
+            self.send(job_tx, Job { files: b.files, batch: true });
         }
     }
 
@@ -629,20 +646,9 @@ impl Run<'_> {
         }
     }
 
-    /// Where a small file's chunks are, if it may share a read with others.
-    fn batchable(&self, job: &FileJob) -> Result<Option<Vec<(ChunkId, ChunkLocation)>>> {
-        if job.group != 0 || job.meta.size > BATCH_FILE_MAX || job.chunks.len() > BATCH_FILE_CHUNKS {
-            return Ok(None);
-        }
-        let mut locs = Vec::with_capacity(job.chunks.len());
-        for id in &job.chunks {
-            match self.index.lookup(id)? {
-                Some(loc) => locs.push((*id, loc)),
-                // Not in the local index: the worker's own read syncs it.
-                None => return Ok(None),
-            }
-        }
-        Ok(Some(locs))
+    /// Whether a file is small enough to be read with others.
+    fn batchable(job: &FileJob) -> bool {
+        job.group == 0 && job.meta.size <= BATCH_FILE_MAX && job.chunks.len() <= BATCH_FILE_CHUNKS
     }
 
     /// Hand a regular file to the workers: a small one joins the batch
@@ -663,20 +669,14 @@ impl Run<'_> {
         self.next_id += 1;
         self.inflight.insert(id, row.path.clone());
         let job = FileJob { id, dir, path: row.path, tmp, meta, chunks: row.chunks, hash: row.file_hash, group };
-        let Some(locs) = self.batchable(&job)? else {
-            self.send(job_tx, Job { files: vec![job], runs: Vec::new() });
+        if !Self::batchable(&job) {
+            self.send(job_tx, Job { files: vec![job], batch: false });
             return Ok(());
-        };
-        let raw: u64 = locs.iter().map(|(_, l)| u64::from(l.raw_len)).sum();
-        if self.batch.files.len() >= BATCH_FILES || self.batch.raw + raw > BATCH_BYTES {
+        }
+        if self.batch.files.len() >= BATCH_FILES || self.batch.bytes + job.meta.size > BATCH_BYTES {
             self.flush_batch(job_tx);
         }
-        for (id, loc) in locs {
-            if self.batch.ids.insert(id) {
-                self.batch.raw += u64::from(loc.raw_len);
-                self.batch.chunks.push((id, loc));
-            }
-        }
+        self.batch.bytes += job.meta.size;
         self.batch.files.push(job);
         Ok(())
     }
