@@ -204,7 +204,14 @@ pub fn guard(
     cs: i64,
 ) -> Result<u64> {
     let mut index = ChunkIndex::open(index_path)?;
-    learn_plans(repo, &mut index)?;
+    if learn_plans(repo, &mut index)? > 0 {
+        // A repack stores its new packs, and their summary, before its
+        // plan: learning them keeps what moved there from being stored
+        // again below.
+        if let Err(e) = repo.learn_summaries(&mut index) {
+            log::warn!("cannot read other agents' pack summaries ({e:#}): what a repack moved may be stored again");
+        }
+    }
     if !index.any_doomed()? {
         return Ok(0);
     }
