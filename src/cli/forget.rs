@@ -25,16 +25,16 @@ pub struct ForgetArgs {
     /// Keep the newest changeset of each of the N newest hours that have one.
     #[arg(long, value_name = "N")]
     pub keep_hourly: Option<u32>,
-    /// ... of each of the N newest days (local time).
+    /// Keep the newest changeset of each of the N newest days (local time) that have one.
     #[arg(long, value_name = "N")]
     pub keep_daily: Option<u32>,
-    /// ... of each of the N newest ISO weeks.
+    /// Keep the newest changeset of each of the N newest ISO weeks that have one.
     #[arg(long, value_name = "N")]
     pub keep_weekly: Option<u32>,
-    /// ... of each of the N newest months.
+    /// Keep the newest changeset of each of the N newest months that have one.
     #[arg(long, value_name = "N")]
     pub keep_monthly: Option<u32>,
-    /// ... of each of the N newest years.
+    /// Keep the newest changeset of each of the N newest years that have one.
     #[arg(long, value_name = "N")]
     pub keep_yearly: Option<u32>,
     /// Keep every changeset less than DUR (such as 7d, 36h, 2w) older than the newest.
@@ -43,6 +43,7 @@ pub struct ForgetArgs {
     /// Show what would go and what would stay, and why; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the decisions as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -19,7 +19,7 @@ pub struct PruneArgs {
     /// only when no backup into this repository is running.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_dur)]
     pub grace: i64,
-    /// A pack more than PCT percent unused is worth repacking (reported).
+    /// Repack a pack more than PCT percent of whose bytes nothing needs.
     #[arg(long, value_name = "PCT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=100))]
     pub max_unused: u64,
     /// Bytes of still-needed chunks a run may copy out of mostly unused
@@ -27,6 +27,7 @@ pub struct PruneArgs {
     /// repacked pack is downloaded once; 0 repacks nothing.
     #[arg(long, value_name = "SIZE")]
     pub max_repack: Option<String>,
+    /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
