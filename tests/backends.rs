@@ -288,20 +288,12 @@ fn forget_keeps_what_the_policy_says_and_every_kept_changeset_restores(env: &Env
 }
 
 fn forget_and_prune_give_the_space_back_and_what_is_kept_restores(env: &Env) {
-    std::fs::write(env.path("empty.toml"), "checkpoint_every = 100\n").unwrap();
-    env.init();
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let mut rng = Rng(seed_from_env_or_time());
-    eprintln!("seed {} (replay with N2S_SEED)", rng.0);
+    let (src, mut rng) = deltas_only(env);
     for i in 0..10 {
         std::fs::write(src.join(format!("f{i}")), rng.bytes(150_000)).unwrap();
     }
     // Small packs: a pack holds one file's chunk, so what goes frees whole packs.
-    let backup = |env: &Env, path: &Path, label: &str| {
-        let out = env.backup_small_packs("ds", path, label, 64);
-        assert!(out.status.success(), "{}", stderr(&out));
-    };
+    let backup = backup_in_64k_packs;
     let mut copies = Vec::new();
     for step in 0..6 {
         if step > 0 {
@@ -364,20 +356,12 @@ fn forget_and_prune_give_the_space_back_and_what_is_kept_restores(env: &Env) {
 }
 
 fn prune_repacks_mostly_unused_packs_and_every_agent_still_restores(env: &Env) {
-    std::fs::write(env.path("empty.toml"), "checkpoint_every = 100\n").unwrap();
-    env.init();
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let mut rng = Rng(seed_from_env_or_time());
-    eprintln!("seed {} (replay with N2S_SEED)", rng.0);
+    let (src, mut rng) = deltas_only(env);
     // 64 KiB packs of about three 20 KB files each.
     for i in 0..12 {
         std::fs::write(src.join(format!("f{i:02}")), rng.bytes(20_000)).unwrap();
     }
-    let backup = |env: &Env, path: &Path, label: &str| {
-        let out = env.backup_small_packs("ds", path, label, 64);
-        assert!(out.status.success(), "{}", stderr(&out));
-    };
+    let backup = backup_in_64k_packs;
     backup(env, &src, "s0");
     // Most of s0's files change: its packs keep a third of their bytes.
     for i in 0..12 {
@@ -459,4 +443,23 @@ fn many_small_files_restore_with_a_few_requests(env: &Env) {
     // 660 files in one 16 MiB pack: a read covers many files, not one each.
     let gets = r["requests"]["get"].as_u64().unwrap();
     assert!(gets < 40, "{gets} GETs for 660 small files: {r}");
+}
+
+/// An initialised repository whose changesets are all deltas (no
+/// checkpoint for 100 of them), an empty source directory, and a seeded
+/// generator.
+fn deltas_only(env: &Env) -> (std::path::PathBuf, Rng) {
+    std::fs::write(env.path("empty.toml"), "checkpoint_every = 100\n").unwrap();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let rng = Rng(seed_from_env_or_time());
+    eprintln!("seed {} (replay with N2S_SEED)", rng.0);
+    (src, rng)
+}
+
+/// A walk backup of dataset `ds` in 64 KiB packs, which must succeed.
+fn backup_in_64k_packs(env: &Env, path: &Path, label: &str) {
+    let out = env.backup_small_packs("ds", path, label, 64);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
