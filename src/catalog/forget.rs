@@ -51,70 +51,137 @@ impl Catalog {
         self.explain(st.query_row(params![id], cs_from_row).optional())
     }
 
-    /// Forget complete changeset `id` here: the rows that later trees still
-    /// see move to the next changeset, which must be complete too (so the
-    /// newest changeset, and the base of an unfinished one, cannot go). All
-    /// in one transaction. The repository is told afterwards
-    /// (engine/forget.rs), and `set_forgotten_done` records that.
+    /// Forget complete changeset `id` here (see `forget_changesets`).
     pub fn forget_changeset(&mut self, id: i64, now: i64) -> Result<ForgottenChangeset> {
+        let mut v = self.forget_changesets(&[id], now)?;
+        v.pop().context("forgot nothing")
+    }
+
+    /// Forget complete changesets here. Each run of them with no kept
+    /// changeset between goes in one transaction and one pass over its
+    /// rows: the newest row of each path that later trees still see moves
+    /// to the next changeset, which must be complete too (so the newest
+    /// changeset, and the base of an unfinished one, cannot go); the rest
+    /// go. Forgetting 40 changesets of a 200,000-file tree moves each path
+    /// at most once. The repository is told afterwards (engine/forget.rs),
+    /// and `set_forgotten_done` records that.
+    pub fn forget_changesets(&mut self, ids: &[i64], now: i64) -> Result<Vec<ForgottenChangeset>> {
         let ds = self.dataset.clone();
-        let row = self.changeset(id)?.with_context(|| format!("dataset {ds} has no changeset {id}"))?;
-        if row.status != ChangesetStatus::Complete {
-            bail!(
-                "changeset {id} ({}) of dataset {ds} is {}: only a complete changeset can be forgotten{}",
-                row.snapshot,
-                row.status.as_str(),
-                if row.status == ChangesetStatus::Damaged {
-                    "; `n2s-agent repair` deals with damaged ones"
-                } else {
-                    ""
-                }
-            );
-        }
-        let next = self.next_changeset(id)?;
-        match &next {
-            Some(n) if n.status == ChangesetStatus::Complete => {}
-            Some(n) => bail!(
-                "changeset {id} ({}) of dataset {ds} is the base of unfinished changeset {} ({}): finish or abandon that one first",
-                row.snapshot,
-                n.id,
-                n.snapshot
-            ),
-            None => bail!(
-                "changeset {id} ({}) is the newest of dataset {ds}, which is never forgotten: the next backup diffs against it",
-                row.snapshot
-            ),
-        }
-        let next = next.map_or(0, |n| n.id);
-        let f = ForgottenChangeset::of(&row, now);
-        let path = self.path.clone();
-        let tx = self.conn.transaction().db(&path)?;
-        {
-            let mut rows = tx
-                .prepare(&format!(
-                    "SELECT {FILE_COLS} FROM files f WHERE f.changeset = ?1 AND NOT EXISTS \
-                     (SELECT 1 FROM files g WHERE g.changeset = ?2 AND g.path = f.path)"
-                ))
-                .db(&path)?;
-            let mut put = tx.prepare_cached(FILE_INSERT).db(&path)?;
-            let mut q = rows.query(params![id, next]).db(&path)?;
-            while let Some(r) = q.next().db(&path)? {
-                // Decoding checks the row's checksum; the moved row gets a new one.
-                let mut file = file_from_row(r).db(&path)?;
-                file.changeset = next;
-                put.execute(params_from_iter(RawFile::of(&file).values())).db(&path)?;
+        let wanted: std::collections::BTreeSet<i64> = ids.iter().copied().collect();
+        let all = self.changesets()?;
+        for id in &wanted {
+            let Some(row) = all.iter().find(|c| c.id == *id) else { bail!("dataset {ds} has no changeset {id}") };
+            if row.status != ChangesetStatus::Complete {
+                bail!(
+                    "changeset {id} ({}) of dataset {ds} is {}: only a complete changeset can be forgotten{}",
+                    row.snapshot,
+                    row.status.as_str(),
+                    if row.status == ChangesetStatus::Damaged {
+                        "; `n2s-agent repair` deals with damaged ones"
+                    } else {
+                        ""
+                    }
+                );
             }
         }
-        tx.execute("DELETE FROM files WHERE changeset = ?1", params![id]).db(&path)?;
-        tx.execute("DELETE FROM changesets WHERE id = ?1", params![id]).db(&path)?;
-        tx.execute(
-            "INSERT INTO forgotten_changesets (id, uid, snapshot, source, identity, started_at, completed_at, \
-             forgotten_at, done) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
-            params![f.number, f.uid, f.snapshot, f.source, f.identity, f.started_at, f.completed_at, f.forgotten_at],
-        )
-        .db(&path)?;
-        tx.commit().db(&path)?;
-        Ok(f)
+        // Runs of consecutive changesets to forget, each with the changeset
+        // that follows it.
+        let mut runs: Vec<(Vec<&ChangesetRow>, Option<&ChangesetRow>)> = Vec::new();
+        let mut cur: Vec<&ChangesetRow> = Vec::new();
+        for c in &all {
+            if wanted.contains(&c.id) {
+                cur.push(c);
+            } else if !cur.is_empty() {
+                runs.push((std::mem::take(&mut cur), Some(c)));
+            }
+        }
+        if !cur.is_empty() {
+            runs.push((cur, None));
+        }
+        // Every run is checked before any is forgotten.
+        let mut checked = Vec::with_capacity(runs.len());
+        for (run, next) in runs {
+            let last = run[run.len() - 1];
+            let next = match next {
+                Some(n) if n.status == ChangesetStatus::Complete => n.id,
+                Some(n) => bail!(
+                    "changeset {} ({}) of dataset {ds} is followed by changeset {} ({}), which is {}: it cannot take over \
+                     what later trees need ({})",
+                    last.id,
+                    last.snapshot,
+                    n.id,
+                    n.snapshot,
+                    n.status.as_str(),
+                    if n.status == ChangesetStatus::Damaged {
+                        "`n2s-agent repair` deals with damaged ones"
+                    } else {
+                        "finish it with backup, or abandon it, first"
+                    }
+                ),
+                None => bail!(
+                    "changeset {} ({}) is the newest of dataset {ds}, which is never forgotten: the next backup diffs against it",
+                    last.id,
+                    last.snapshot
+                ),
+            };
+            checked.push((run, next));
+        }
+        let mut out = Vec::new();
+        for (run, next) in checked {
+            let first = run[0];
+            let last = run[run.len() - 1];
+            let path = self.path.clone();
+            let tx = self.conn.transaction().db(&path)?;
+            {
+                // Newest first within a path: the first row of each path is
+                // what the next changeset's tree sees, unless it has its own.
+                let mut rows = tx
+                    .prepare(&format!(
+                        "SELECT {FILE_COLS} FROM files f WHERE f.changeset BETWEEN ?1 AND ?2 AND NOT EXISTS \
+                         (SELECT 1 FROM files g WHERE g.changeset = ?3 AND g.path = f.path) \
+                         ORDER BY f.path, f.changeset DESC"
+                    ))
+                    .db(&path)?;
+                let mut put = tx.prepare_cached(FILE_INSERT).db(&path)?;
+                let mut q = rows.query(params![first.id, last.id, next]).db(&path)?;
+                let mut last_path: Option<Vec<u8>> = None;
+                while let Some(r) = q.next().db(&path)? {
+                    // Decoding checks the row's checksum; the moved row gets a new one.
+                    let mut file = file_from_row(r).db(&path)?;
+                    if last_path.as_deref() == Some(&file.path[..]) {
+                        continue;
+                    }
+                    last_path = Some(file.path.clone());
+                    file.changeset = next;
+                    put.execute(params_from_iter(RawFile::of(&file).values())).db(&path)?;
+                }
+            }
+            // Every changeset between first and last is in the run (or was
+            // forgotten before, and has no rows).
+            tx.execute("DELETE FROM files WHERE changeset BETWEEN ?1 AND ?2", params![first.id, last.id]).db(&path)?;
+            for c in &run {
+                let f = ForgottenChangeset::of(c, now);
+                tx.execute("DELETE FROM changesets WHERE id = ?1", params![c.id]).db(&path)?;
+                tx.execute(
+                    "INSERT INTO forgotten_changesets (id, uid, snapshot, source, identity, started_at, completed_at, \
+                     forgotten_at, done) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
+                    params![
+                        f.number,
+                        f.uid,
+                        f.snapshot,
+                        f.source,
+                        f.identity,
+                        f.started_at,
+                        f.completed_at,
+                        f.forgotten_at
+                    ],
+                )
+                .db(&path)?;
+                out.push(f);
+            }
+            tx.commit().db(&path)?;
+        }
+        Ok(out)
     }
 
     /// A changeset the repository already records as forgotten (rebuild).
@@ -238,5 +305,36 @@ mod tests {
         let e = complete(&mut cat, "e", &[]);
         assert_eq!(e, d + 1);
         assert!(cat.forget_changeset(b, 7).is_err(), "already forgotten");
+    }
+
+    #[test]
+    fn a_run_is_forgotten_in_one_pass_and_the_kept_ones_around_it_are_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cat = Catalog::open(&dir.path().join("c.sqlite"), "ds").unwrap();
+        use ChangeKind::*;
+        let a = complete(&mut cat, "a", &[("x", Added), ("y", Added), ("z", Added)]);
+        let b = complete(&mut cat, "b", &[("x", Modified), ("w", Added)]);
+        let c = complete(&mut cat, "c", &[("x", Modified), ("y", Removed)]);
+        let d = complete(&mut cat, "d", &[("w", Modified)]);
+        let e = complete(&mut cat, "e", &[("v", Added)]);
+        let f = complete(&mut cat, "f", &[("z", Modified)]);
+        let before: Vec<_> = [a, e, f].iter().map(|n| tree(&cat, *n)).collect();
+        // Two runs: b..d (e takes over) and nothing else; a stays.
+        let gone = cat.forget_changesets(&[b, c, d], 9).unwrap();
+        assert_eq!(gone.iter().map(|g| g.number).collect::<Vec<_>>(), vec![b, c, d]);
+        let after: Vec<_> = [a, e, f].iter().map(|n| tree(&cat, *n)).collect();
+        assert_eq!(before, after);
+        assert!(cat.check().unwrap().is_empty());
+        // Each path moved once: e holds x, w and the removal of y once each.
+        let mut rows = Vec::new();
+        cat.for_each_in_changeset(e, |r| {
+            rows.push(String::from_utf8_lossy(&r.path).into_owned());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(rows, ["v", "w", "x", "y"]);
+        // A run that would end at the newest is refused, and nothing changes.
+        assert!(cat.forget_changesets(&[e, f], 10).unwrap_err().to_string().contains("newest"));
+        assert!(cat.changeset(e).unwrap().is_some());
     }
 }

@@ -121,11 +121,8 @@ pub fn forget(
     if dry_run {
         return Ok(report);
     }
-    let mut ids: Vec<i64> = report.forget.iter().map(|e| e.changeset).collect();
-    ids.sort();
-    for id in ids {
-        catalog.forget_changeset(id, now())?;
-    }
+    let ids: Vec<i64> = report.forget.iter().map(|e| e.changeset).collect();
+    catalog.forget_changesets(&ids, now())?;
     fault::hit("forget-after-catalog");
     let done = finish(repo, catalog)?;
     report.made_full = done.made_full;
