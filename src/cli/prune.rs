@@ -19,7 +19,8 @@ pub struct PruneArgs {
     /// only when no backup into this repository is running.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_dur)]
     pub grace: i64,
-    /// Repack a pack more than PCT percent of whose bytes nothing needs.
+    /// How much of the repository's pack bytes may stay unused, in percent:
+    /// beyond it, the most unused packs are repacked (restic's rule).
     #[arg(long, value_name = "PCT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=100))]
     pub max_unused: u64,
     /// Bytes of still-needed chunks a run may copy out of mostly unused

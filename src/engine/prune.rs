@@ -42,7 +42,8 @@ pub struct PruneOptions {
     /// Seconds a plan waits before its sweep; also the least age of a pack
     /// before it is marked (a backup still uploading has unreferenced packs).
     pub grace: i64,
-    /// Percent of a pack's bytes that may be unused before it is repacked.
+    /// Percent of the staying packs' bytes that may stay unused; beyond it,
+    /// the most unused packs are repacked.
     pub max_unused_pct: u64,
     /// Bytes of needed chunks a run may copy into new packs.
     pub max_repack: u64,
@@ -83,7 +84,8 @@ pub struct PruneReport {
     /// Packs partly used: their unused bytes stay until a repack.
     pub partly_used_packs: u64,
     pub partly_unused_bytes: u64,
-    /// Of those, packs above --max-unused.
+    /// Of those, the packs to repack to bring what nothing needs within
+    /// --max-unused of the repository (a dry run: would repack).
     pub worth_repacking: u64,
     /// Packs whose needed chunks this run copied into new packs (they are
     /// marked, and go with this run's plan), and the bytes copied.
@@ -361,7 +363,9 @@ pub fn prune(repo: &Repository, state: &StatePaths, opts: &PruneOptions) -> Resu
     let mut plan = PrunePlan::new(t);
     let young = t - opts.grace;
     let mut leaving: HashSet<PackId> = HashSet::new();
-    let mut repack: Vec<(PackId, u64, u64)> = Vec::new(); // (pack, needed, unused)
+    let mut repack: Vec<(PackId, u64, u64, u64)> = Vec::new(); // (pack, needed, unused, total)
+    // Bytes of the packs that stay, and how many of them nothing needs.
+    let (mut staying, mut unused_staying) = (0u64, 0u64);
     for (id, _size, seen_at) in index.packs_with_age()? {
         let key = id.object_key();
         let Some(on_backend) = pack_sizes.get(&id) else { continue };
@@ -375,29 +379,41 @@ pub fn prune(repo: &Repository, state: &StatePaths, opts: &PruneOptions) -> Resu
                 r.marked.packs += 1;
                 r.marked.bytes += on_backend;
             }
-            Some((used, total)) if used < total && used > 0 => {
-                r.partly_used_packs += 1;
-                let unused = total - used;
-                r.partly_unused_bytes += unused;
-                if unused * 100 > total * opts.max_unused_pct && seen_at <= young {
-                    r.worth_repacking += 1;
-                    repack.push((id, used, unused));
+            Some((used, total)) => {
+                staying += total;
+                if used < total && used > 0 {
+                    r.partly_used_packs += 1;
+                    let unused = total - used;
+                    r.partly_unused_bytes += unused;
+                    unused_staying += unused;
+                    if seen_at <= young {
+                        repack.push((id, used, unused, total));
+                    }
                 }
             }
-            _ => {}
+            None => {}
         }
     }
-    if !opts.dry_run && !repack.is_empty() {
-        // Most unused first, as far as --max-repack allows.
-        repack.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
-        let mut chosen = Vec::new();
-        for (id, used, _) in repack {
-            if r.repacked_bytes + used > opts.max_repack {
-                continue;
-            }
-            r.repacked_bytes += used;
-            chosen.push(id);
+    // restic's rule: repack the most unused packs first, until what nothing
+    // needs is at most --max-unused percent of what stays, and no more than
+    // --max-repack bytes are copied. A repository a little wasteful is not
+    // worth downloading most of it (on S3 the reads are billed).
+    repack.sort_by(|a, b| (b.2 as u128 * a.3 as u128).cmp(&(a.2 as u128 * b.3 as u128)).then(a.0.cmp(&b.0)));
+    let mut chosen = Vec::new();
+    for (id, used, unused, _) in repack {
+        if unused_staying * 100 <= staying * opts.max_unused_pct {
+            break;
         }
+        if r.repacked_bytes + used > opts.max_repack {
+            continue;
+        }
+        r.repacked_bytes += used;
+        unused_staying -= unused;
+        staying -= unused;
+        chosen.push(id);
+    }
+    r.worth_repacking = chosen.len() as u64;
+    if !opts.dry_run && !chosen.is_empty() {
         let (done, made) = repack_packs(repo, &mut index, &refs, &chosen, &leaving, opts.pack_target, t)?;
         r.new_packs = made;
         for id in done {
@@ -407,6 +423,8 @@ pub fn prune(repo: &Repository, state: &StatePaths, opts: &PruneOptions) -> Resu
             r.marked.packs += 1;
             r.marked.bytes += pack_sizes.get(&id).copied().unwrap_or(0);
         }
+    } else if opts.dry_run {
+        r.repacked_bytes = 0;
     }
     let keys: Vec<&str> = segment_sizes.keys().map(String::as_str).collect();
     let first_seen = if opts.dry_run { Default::default() } else { index.segments_seen(&keys, t)? };
@@ -443,9 +461,10 @@ pub fn prune(repo: &Repository, state: &StatePaths, opts: &PruneOptions) -> Resu
     Ok(r)
 }
 
-/// Copy the needed chunks of `packs` into new packs: each old pack is read
-/// whole (the only time prune downloads a pack), checked against its name,
-/// and its sealed blobs are copied as they are (no reseal). The new packs
+/// Copy the needed chunks of `packs` into new packs: only the needed blobs
+/// of each old pack are read (close ones in one range read; the only time
+/// prune reads pack data), each is opened and checked against its id, and
+/// copied as it is (no reseal). The new packs
 /// are stored and indexed, and summarized, before the caller's plan marks
 /// the old ones, so every agent can find the new homes. Returns the packs
 /// whose needed chunks all have a new home.
@@ -476,33 +495,61 @@ fn repack_packs(
     };
     for id in packs {
         let key = id.object_key();
-        let bytes = match repo.backend.get(&key, None) {
-            Ok(b) => b,
-            Err(e) => {
-                log::warn!("prune: cannot read pack {key} to repack it ({e}); it stays");
-                continue;
-            }
-        };
-        if PackId::of(&bytes) != *id {
-            log::warn!("prune: pack {key} does not hash to its name; it stays (run `n2s-agent verify`)");
-            continue;
-        }
-        let entries = match pack::parse_pack(&repo.sealer, &bytes) {
-            Ok(e) => e,
-            Err(e) => {
-                log::warn!("prune: pack {key} cannot be parsed ({e:#}); it stays");
-                continue;
-            }
-        };
-        for e in &entries {
+        // Only what is still needed is read: runs of needed blobs, close
+        // ones merged into one range read; each blob is opened and checked
+        // against its id before it is copied as it is.
+        let mut needed = Vec::new();
+        for e in index.pack_entries(id)? {
             // A home in a pack that leaves with this run's plan is no home.
             let keep = refs.has_chunk(&e.id) && index.other_homes(&e.id, id)?.iter().all(|h| leaving.contains(h));
-            if !keep || !in_builder.insert(e.id) {
-                continue;
+            if keep && !in_builder.contains(&e.id) {
+                needed.push(e);
             }
-            let end = e.offset as usize + e.sealed_len as usize;
-            let blob = bytes.get(e.offset as usize..end).with_context(|| format!("pack {key} is truncated"))?;
-            builder.add(e.id, e.kind, e.raw_len, blob);
+        }
+        needed.sort_by_key(|e| e.offset);
+        let mut ranges: Vec<(u64, u64, Vec<pack::PackEntry>)> = Vec::new();
+        for e in needed {
+            let end = e.offset + u64::from(e.sealed_len);
+            match ranges.last_mut() {
+                Some((s, r_end, es)) if e.offset <= *r_end + (1 << 20) && end - *s <= 16 << 20 => {
+                    *r_end = (*r_end).max(end);
+                    es.push(e);
+                }
+                _ => ranges.push((e.offset, end, vec![e])),
+            }
+        }
+        let mut blobs = Vec::new();
+        let mut whole = true;
+        'ranges: for (start, end, es) in &ranges {
+            let body = match repo.backend.get(&key, Some(*start..*end)) {
+                Ok(b) => b,
+                Err(e) => {
+                    log::warn!("prune: cannot read pack {key} to repack it ({e}); it stays");
+                    whole = false;
+                    break;
+                }
+            };
+            for e in es {
+                let at = (e.offset - start) as usize;
+                let sealed = body.get(at..at + e.sealed_len as usize);
+                let good =
+                    sealed.and_then(|b| pack::open_chunk(&repo.sealer, &e.id, b, e.raw_len).ok().map(|p| (b, p)));
+                match good {
+                    Some((b, plain)) if repo.keys.chunk_id(&plain) == e.id => blobs.push((e.clone(), b.to_vec())),
+                    _ => {
+                        log::warn!("prune: a chunk of pack {key} is corrupt; the pack stays (run `n2s-agent verify`)");
+                        whole = false;
+                        break 'ranges;
+                    }
+                }
+            }
+        }
+        if !whole {
+            continue;
+        }
+        for (e, blob) in blobs {
+            in_builder.insert(e.id);
+            builder.add(e.id, e.kind, e.raw_len, &blob);
             if builder.len() >= target {
                 flush(&mut builder, index)?;
                 done.append(&mut waiting);
