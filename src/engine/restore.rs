@@ -678,6 +678,12 @@ impl Run<'_> {
         }
         self.batch.bytes += job.meta.size;
         self.batch.files.push(job);
+        // A batch is read by one worker, its runs one after another: while
+        // workers would sit idle (the queue is short), it goes at once, so
+        // a few files are read in parallel and many are read in batches.
+        if job_tx.len() < self.opts.workers.max(1) {
+            self.flush_batch(job_tx);
+        }
         Ok(())
     }
 
