@@ -42,6 +42,25 @@ impl ForgottenChangeset {
     }
 }
 
+/// One row of `forgotten_changesets`, inside the caller's transaction or not.
+fn insert_forgotten_row(conn: &rusqlite::Connection, f: &ForgottenChangeset) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO forgotten_changesets (id, uid, snapshot, source, identity, started_at, completed_at, \
+         forgotten_at, done) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            f.number,
+            f.uid,
+            f.snapshot,
+            f.source,
+            f.identity,
+            f.started_at,
+            f.completed_at,
+            f.forgotten_at,
+            f.done
+        ],
+    )
+}
+
 impl Catalog {
     /// The first changeset after `id` (forgotten ones have no row here).
     pub fn next_changeset(&self, id: i64) -> Result<Option<ChangesetRow>> {
@@ -162,21 +181,7 @@ impl Catalog {
             for c in &run {
                 let f = ForgottenChangeset::of(c, now);
                 tx.execute("DELETE FROM changesets WHERE id = ?1", params![c.id]).db(&path)?;
-                tx.execute(
-                    "INSERT INTO forgotten_changesets (id, uid, snapshot, source, identity, started_at, completed_at, \
-                     forgotten_at, done) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
-                    params![
-                        f.number,
-                        f.uid,
-                        f.snapshot,
-                        f.source,
-                        f.identity,
-                        f.started_at,
-                        f.completed_at,
-                        f.forgotten_at
-                    ],
-                )
-                .db(&path)?;
+                insert_forgotten_row(&tx, &f).db(&path)?;
                 out.push(f);
             }
             tx.commit().db(&path)?;
@@ -186,21 +191,7 @@ impl Catalog {
 
     /// A changeset the repository already records as forgotten (rebuild).
     pub fn insert_forgotten(&mut self, f: &ForgottenChangeset) -> Result<()> {
-        self.explain(self.conn.execute(
-            "INSERT INTO forgotten_changesets (id, uid, snapshot, source, identity, started_at, completed_at, \
-             forgotten_at, done) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                f.number,
-                f.uid,
-                f.snapshot,
-                f.source,
-                f.identity,
-                f.started_at,
-                f.completed_at,
-                f.forgotten_at,
-                f.done
-            ],
-        ))?;
+        self.explain(insert_forgotten_row(&self.conn, f))?;
         Ok(())
     }
 
