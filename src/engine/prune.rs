@@ -369,7 +369,9 @@ pub fn prune(repo: &Repository, state: &StatePaths, opts: &PruneOptions) -> Resu
     for (id, _size, seen_at) in index.packs_with_age()? {
         let key = id.object_key();
         let Some(on_backend) = pack_sizes.get(&id) else { continue };
-        if pending.contains(&hex::encode(id.0)) || swept_now.contains(&key) || index.is_doomed(&id)? {
+        // A pack of a plan still waiting is that plan's; one a sweep kept
+        // (referenced again) is doomed but may be marked again once unused.
+        if pending.contains(&hex::encode(id.0)) || swept_now.contains(&key) {
             continue;
         }
         match needed(&index, &id, &leaving)? {
