@@ -617,13 +617,18 @@ impl Repository {
 
     pub fn read_segment(&self, key: &str) -> Result<Vec<Record>> {
         let sealed = self.backend.get(key, None).map_err(backend_err)?;
+        self.open_segment(key, &sealed)
+    }
+
+    /// A segment's records from its sealed bytes (from the backend, or a
+    /// local cache of them), checked against its name.
+    pub fn open_segment(&self, key: &str, sealed: &[u8]) -> Result<Vec<Record>> {
         // Segments are named by their hash: a swapped segment is caught here.
         ensure!(
-            manifest::segment_key(&sealed) == key,
+            manifest::segment_key(sealed) == key,
             "manifest segment {key} is corrupt: its content does not hash to its name"
         );
-        manifest::open_segment(&self.sealer, &sealed)
-            .with_context(|| format!("manifest segment {key} cannot be opened"))
+        manifest::open_segment(&self.sealer, sealed).with_context(|| format!("manifest segment {key} cannot be opened"))
     }
 
     /// Add to the local index every pack on the backend it does not know:

@@ -324,6 +324,19 @@ fn forget_and_prune_give_the_space_back_and_what_is_kept_restores(env: &Env) {
     assert_eq!(s["deleted"]["packs"], p["marked"]["packs"], "{s}");
     assert_eq!(s["plans_swept"], 1, "{s}");
     assert!(s["requests"]["get"].as_u64().unwrap() < 100, "prune reads manifests, never packs: {s}");
+    // The live segments came from the local cache, not the backend, again:
+    // the sweep reads the plan and none of them.
+    let cached =
+        files_under(&env.state).iter().filter(|f| f.parent().is_some_and(|d| d.ends_with("cache/segments"))).count()
+            as u64;
+    let gets = |v: &serde_json::Value| v["requests"]["get"].as_u64().unwrap();
+    assert!(cached > 0, "no segment cached under {}", env.state.display());
+    assert!(
+        gets(&s) + cached <= gets(&p) + 1,
+        "the sweep made {} GETs, the first run {} ({cached} cached)",
+        gets(&s),
+        gets(&p)
+    );
     let after = size(env);
     assert!(after < before, "{after} !< {before}");
     for step in [4, 5] {

@@ -114,7 +114,7 @@ impl References {
 
 /// Read every live header and its segments. Anything that cannot be read
 /// stops the prune: with references unknown, nothing may go.
-fn references(repo: &Repository) -> Result<References> {
+fn references(repo: &Repository, cache: &SegmentCache) -> Result<References> {
     let mut refs =
         References { chunks: Vec::new(), segments: HashSet::new(), superseded: HashSet::new(), live_changesets: 0 };
     for (_ds, seqs) in chain::header_revisions(repo, None)? {
@@ -130,7 +130,7 @@ fn references(repo: &Repository) -> Result<References> {
             refs.live_changesets += 1;
             for seg in &h.segments {
                 refs.segments.insert(seg.key.clone());
-                let records = repo.read_segment(&seg.key).with_context(|| {
+                let records = cache.read(repo, &seg.key).with_context(|| {
                     format!("prune stopped: manifest {newest} names segment {} that cannot be read", seg.key)
                 })?;
                 // Continuation records carry chunk ids too.
@@ -142,7 +142,74 @@ fn references(repo: &Repository) -> Result<References> {
     }
     refs.chunks.sort_unstable();
     refs.chunks.dedup();
+    cache.keep_only(&refs.segments);
     Ok(refs)
+}
+
+/// Live manifest segments kept in the state directory, as sealed as on
+/// the backend: every prune needs every live segment, and they never
+/// change (named by their hash), so each is downloaded once. A rebuildable
+/// cache: what it holds is checked against its name on every read, a bad
+/// file is fetched again, and segments no live header names are dropped.
+pub struct SegmentCache {
+    dir: std::path::PathBuf,
+}
+
+impl SegmentCache {
+    pub fn new(state: &StatePaths) -> SegmentCache {
+        SegmentCache { dir: state.root().join("cache").join("segments") }
+    }
+
+    fn path(&self, key: &str) -> std::path::PathBuf {
+        // Keys are `segments/<hex>`: the hex alone names the file.
+        self.dir.join(key.rsplit('/').next().unwrap_or(key))
+    }
+
+    fn read(&self, repo: &Repository, key: &str) -> Result<Vec<crate::core::manifest::Record>> {
+        let p = self.path(key);
+        if let Ok(sealed) = std::fs::read(&p) {
+            match repo.open_segment(key, &sealed) {
+                Ok(r) => return Ok(r),
+                Err(e) => log::warn!("cached segment {} is bad ({e:#}): fetching it again", p.display()),
+            }
+        }
+        let sealed = repo.backend.get(key, None).map_err(backend_err)?;
+        let records = repo.open_segment(key, &sealed)?;
+        self.store(&p, &sealed);
+        Ok(records)
+    }
+
+    /// Best effort: a cache that cannot be written costs a download later.
+    fn store(&self, p: &std::path::Path, sealed: &[u8]) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = p.with_extension("tmp");
+        let ok = std::fs::create_dir_all(&self.dir).is_ok()
+            && std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|mut f| f.write_all(sealed))
+                .is_ok()
+            && std::fs::rename(&tmp, p).is_ok();
+        if !ok {
+            let _ = std::fs::remove_file(&tmp);
+            log::debug!("cannot cache segment {}", p.display());
+        }
+    }
+
+    fn keep_only(&self, live: &HashSet<String>) {
+        let names: HashSet<&str> = live.iter().filter_map(|k| k.rsplit('/').next()).collect();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if !names.contains(name.to_string_lossy().as_ref()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// Learn every prune plan this index has not seen (1 LIST, a GET per new
@@ -242,7 +309,7 @@ pub fn prune(repo: &Repository, state: &StatePaths, opts: &PruneOptions) -> Resu
     let listed = repo.backend.list(PLAN_PREFIX).map_err(backend_err).context("cannot list prune plans")?;
     repo.sync_index(&mut index)?;
     learn_plans(repo, &mut index)?;
-    let refs = references(repo)?;
+    let refs = references(repo, &SegmentCache::new(state))?;
     r.live_changesets = refs.live_changesets;
     r.referenced_chunks = refs.chunks.len() as u64;
     let pack_sizes: BTreeMap<PackId, u64> = repo.list_packs()?.into_iter().collect();
