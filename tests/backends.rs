@@ -331,6 +331,13 @@ fn forget_and_prune_give_the_space_back_and_what_is_kept_restores(env: &Env) {
             as u64;
     let gets = |v: &serde_json::Value| v["requests"]["get"].as_u64().unwrap();
     assert!(cached > 0, "no segment cached under {}", env.state.display());
+    let cache_dir = files_under(&env.state)
+        .into_iter()
+        .find_map(|f| f.parent().filter(|d| d.ends_with("cache/segments")).map(Path::to_path_buf))
+        .expect("the segment cache");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&cache_dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{} is {mode:o}", cache_dir.display());
     assert!(
         gets(&s) + cached <= gets(&p) + 1,
         "the sweep made {} GETs, the first run {} ({cached} cached)",

@@ -184,7 +184,10 @@ impl SegmentCache {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let tmp = p.with_extension("tmp");
-        let ok = std::fs::create_dir_all(&self.dir).is_ok()
+        use std::os::unix::fs::DirBuilderExt;
+        // 0700, as every directory of the state (what is in it is sealed).
+        let made = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir).is_ok();
+        let ok = made
             && std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
