@@ -3,7 +3,7 @@
 //! that later trees still see move to the next changeset; the rest go. Its
 //! number stays taken, in `forgotten_changesets`.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use rusqlite::{OptionalExtension, params, params_from_iter};
 
 use super::rows::{RawFile, cs_from_row, file_from_row};
@@ -68,12 +68,6 @@ impl Catalog {
             self.conn.prepare_cached(&format!("SELECT {CS_COLS} FROM changesets WHERE id > ?1 ORDER BY id LIMIT 1")),
         )?;
         self.explain(st.query_row(params![id], cs_from_row).optional())
-    }
-
-    /// Forget complete changeset `id` here (see `forget_changesets`).
-    pub fn forget_changeset(&mut self, id: i64, now: i64) -> Result<ForgottenChangeset> {
-        let mut v = self.forget_changesets(&[id], now)?;
-        v.pop().context("forgot nothing")
     }
 
     /// Forget complete changesets here. Each run of them with no kept
@@ -282,10 +276,10 @@ mod tests {
         let c = complete(&mut cat, "c", &[("x", Modified), ("v", Added)]);
         let d = complete(&mut cat, "d", &[("z", Modified)]);
         let before: Vec<_> = [c, d].iter().map(|n| tree(&cat, *n)).collect();
-        assert!(cat.forget_changeset(d, 5).unwrap_err().to_string().contains("newest"));
-        let f = cat.forget_changeset(b, 5).unwrap();
+        assert!(cat.forget_changesets(&[d], 5).unwrap_err().to_string().contains("newest"));
+        let f = cat.forget_changesets(&[b], 5).unwrap().remove(0);
         assert_eq!((f.number, f.snapshot.as_str(), f.done), (b, "b", false));
-        cat.forget_changeset(a, 6).unwrap();
+        cat.forget_changesets(&[a], 6).unwrap();
         let after: Vec<_> = [c, d].iter().map(|n| tree(&cat, *n)).collect();
         assert_eq!(before, after);
         assert!(cat.changeset(a).unwrap().is_none() && cat.changeset(b).unwrap().is_none());
@@ -295,7 +289,7 @@ mod tests {
         // The numbering goes on after the newest.
         let e = complete(&mut cat, "e", &[]);
         assert_eq!(e, d + 1);
-        assert!(cat.forget_changeset(b, 7).is_err(), "already forgotten");
+        assert!(cat.forget_changesets(&[b], 7).is_err(), "already forgotten");
     }
 
     #[test]

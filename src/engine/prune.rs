@@ -219,11 +219,19 @@ impl SegmentCache {
 /// plan); their packs are never used for dedup again. Returns how many
 /// plans were new.
 pub fn learn_plans(repo: &Repository, index: &mut ChunkIndex) -> Result<u64> {
+    learn_listed_plans(repo, index, &list_plans(repo)?)
+}
+
+fn list_plans(repo: &Repository) -> Result<Vec<crate::backend::ObjectInfo>> {
+    repo.backend.list(PLAN_PREFIX).map_err(backend_err).context("cannot list prune plans")
+}
+
+/// `learn_plans` over a listing the caller already made.
+fn learn_listed_plans(repo: &Repository, index: &mut ChunkIndex, listed: &[crate::backend::ObjectInfo]) -> Result<u64> {
     let t = now();
     let stale = index.plans_learned_at()?.is_some_and(|at| t - at > RECONCILE_AFTER);
-    let listed = repo.backend.list(PLAN_PREFIX).map_err(backend_err).context("cannot list prune plans")?;
     let mut new = 0;
-    for o in &listed {
+    for o in listed {
         let Some((_, name, _)) = pruneplan::parse_key(&o.key) else { continue };
         if index.knows_plan(name)? {
             continue;
@@ -309,9 +317,9 @@ pub fn prune(repo: &Repository, state: &StatePaths, opts: &PruneOptions) -> Resu
     let mut index = ChunkIndex::open(&state.index_db())?;
     // Plans first, then the references: anything a manifest written before
     // this point references is seen below (FORMAT §9, the argument).
-    let listed = repo.backend.list(PLAN_PREFIX).map_err(backend_err).context("cannot list prune plans")?;
+    let listed = list_plans(repo)?;
     repo.sync_index(&mut index)?;
-    learn_plans(repo, &mut index)?;
+    learn_listed_plans(repo, &mut index, &listed)?;
     let refs = references(repo, &SegmentCache::new(state))?;
     r.live_changesets = refs.live_changesets;
     r.referenced_chunks = refs.chunks.len() as u64;
