@@ -144,8 +144,8 @@ fn a_missing_snapshot_or_dataset_is_named() {
 #[test]
 fn unsupported_backends_say_so() {
     let env = Env::new();
-    let out = env.cmd().env("N2S_REPO", "sftp://user@host/path").arg("init").output().unwrap();
-    assert_one_line_error(&out, 1, "not built");
+    let out = env.cmd().env("N2S_REPO", "ftp://user@host/path").arg("init").output().unwrap();
+    assert_one_line_error(&out, 1, "no \"ftp\" backend");
     let out = env.cmd().env("N2S_REPO", "s3://Not_A_Bucket/x").arg("init").output().unwrap();
     assert_one_line_error(&out, 1, "not a valid bucket name");
     let out = env.cmd().env("N2S_REPO", "relative/path").arg("init").output().unwrap();

@@ -291,8 +291,8 @@ mod tests {
         assert!(open_url("/srv/repo").is_ok());
         assert!(open_url("file://relative").is_err());
         assert!(open_url("relative/path").is_err());
-        let e = open_url("sftp://host/x").err().unwrap().to_string();
-        assert!(e.contains("not built"), "{e}");
+        let e = open_url("gopher://host/x").err().unwrap().to_string();
+        assert!(e.contains("no \"gopher\" backend"), "{e}");
     }
 
     /// Power loss: a name is reachable after a crash only if every directory

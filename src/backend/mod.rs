@@ -9,12 +9,18 @@ use std::ops::Range;
 
 pub mod counting;
 pub mod fault;
+#[cfg(feature = "ipfs")]
+pub mod ipfs;
 pub mod local;
 pub mod memory;
 pub mod ratelimit;
+#[cfg(feature = "rclone")]
+pub mod rclone;
 pub mod retry;
 #[cfg(feature = "s3")]
 pub mod s3;
+#[cfg(feature = "sftp")]
+pub mod sftp;
 pub mod timeout;
 
 pub use counting::{RequestCounter, RequestCounts};
@@ -131,6 +137,30 @@ pub struct S3Settings {
     pub credentials: Option<(String, String)>,
 }
 
+/// How to reach an sftp:// repository: `[sftp]` in the config file and
+/// `N2S_SFTP_*`. Unset fields fall back to ssh's own defaults and
+/// `~/.ssh/config`.
+#[derive(Clone, Debug, Default)]
+pub struct SftpSettings {
+    /// The private key to log in with (ssh's `-i`).
+    pub identity_file: Option<std::path::PathBuf>,
+    /// The known_hosts file to check the server's host key against (ssh's
+    /// `UserKnownHostsFile`). Host-key checking is always strict.
+    pub known_hosts_file: Option<std::path::PathBuf>,
+    /// An ssh_config file to use instead of `~/.ssh/config` (ssh's `-F`).
+    pub ssh_config: Option<std::path::PathBuf>,
+}
+
+/// How to run rclone for an rclone: repository: `[rclone]` and `N2S_RCLONE_*`.
+#[derive(Clone, Debug, Default)]
+pub struct RcloneSettings {
+    /// The rclone binary (default: `rclone` on PATH).
+    pub binary: Option<std::path::PathBuf>,
+    /// The rclone.conf that defines the remotes (default: rclone's own,
+    /// or RCLONE_CONFIG).
+    pub config: Option<std::path::PathBuf>,
+}
+
 /// Keys are `/`-separated names of `[A-Za-z0-9._-]`, never `.` or `..`:
 /// checked by every backend so a key cannot escape a directory root.
 pub fn check_key(key: &str) -> BResult<()> {
@@ -155,6 +185,10 @@ pub struct BackendOptions {
     pub limit_download: Option<u64>,
     /// How to reach an s3:// repository.
     pub s3: S3Settings,
+    /// How to reach an sftp:// repository.
+    pub sftp: SftpSettings,
+    /// How to run rclone for an rclone: repository.
+    pub rclone: RcloneSettings,
 }
 
 /// Generous: a 16 MiB pack over a 2 Mbit/s uplink takes about 70 s.
@@ -167,6 +201,8 @@ impl Default for BackendOptions {
             limit_upload: None,
             limit_download: None,
             s3: S3Settings::default(),
+            sftp: SftpSettings::default(),
+            rclone: RcloneSettings::default(),
         }
     }
 }
@@ -245,6 +281,30 @@ pub fn open_url_with(url: &str, opts: &BackendOptions) -> anyhow::Result<Box<dyn
             "repository URL {url:?}: this n2s-agent was built without S3 support: rebuild it with the `s3` cargo feature (on by default)"
         );
     }
+    if url.starts_with("sftp://") {
+        #[cfg(feature = "sftp")]
+        return Ok(Box::new(sftp::SftpBackend::open(url, &opts.sftp)?));
+        #[cfg(not(feature = "sftp"))]
+        anyhow::bail!(
+            "repository URL {url:?}: this n2s-agent was built without SFTP support: rebuild it with the `sftp` cargo feature (on by default)"
+        );
+    }
+    if url.starts_with("rclone:") {
+        #[cfg(feature = "rclone")]
+        return Ok(Box::new(rclone::RcloneBackend::open(url, &opts.rclone)?));
+        #[cfg(not(feature = "rclone"))]
+        anyhow::bail!(
+            "repository URL {url:?}: this n2s-agent was built without rclone support: rebuild it with the `rclone` cargo feature (on by default)"
+        );
+    }
+    if url.starts_with("ipfs://") {
+        #[cfg(feature = "ipfs")]
+        return Ok(Box::new(ipfs::IpfsBackend::open(url)?));
+        #[cfg(not(feature = "ipfs"))]
+        anyhow::bail!(
+            "repository URL {url:?}: this n2s-agent was built without IPFS support: rebuild it with the `ipfs` cargo feature (on by default)"
+        );
+    }
     let _ = opts;
     let path = if let Some(rest) = url.strip_prefix("file://") {
         rest
@@ -252,7 +312,7 @@ pub fn open_url_with(url: &str, opts: &BackendOptions) -> anyhow::Result<Box<dyn
         url
     } else if let Some((scheme, _)) = url.split_once(':') {
         anyhow::bail!(
-            "repository URL {url:?}: the {scheme:?} backend is not built into this version; use file:///ABS/PATH or a bare absolute path"
+            "repository URL {url:?}: n2s-agent has no {scheme:?} backend; use file:///ABS/PATH, s3://, sftp://, rclone: or ipfs://"
         );
     } else {
         anyhow::bail!("repository URL {url:?} is not understood: use file:///ABS/PATH or a bare absolute path");

@@ -84,6 +84,25 @@ pub struct S3Config {
     pub multipart_threshold_mb: Option<u64>,
 }
 
+/// `[sftp]`: how to reach an sftp:// repository (else ssh's defaults and
+/// `~/.ssh/config`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftpConfig {
+    pub identity_file: Option<PathBuf>,
+    pub known_hosts_file: Option<PathBuf>,
+    pub ssh_config: Option<PathBuf>,
+}
+
+/// `[rclone]`: which rclone runs for an rclone: repository, with which
+/// remotes.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RcloneConfig {
+    pub binary: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -98,6 +117,8 @@ pub struct FileConfig {
     /// was read (default false: a warning; snapshots never change).
     pub fail_on_changed_files: Option<bool>,
     pub s3: Option<S3Config>,
+    pub sftp: Option<SftpConfig>,
+    pub rclone: Option<RcloneConfig>,
     /// Seconds before one backend request is given up and retried
     /// (default 120).
     pub request_timeout_secs: Option<u64>,
@@ -171,6 +192,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// How to reach an s3:// repository.
     pub s3: crate::backend::S3Settings,
+    pub sftp: crate::backend::SftpSettings,
+    pub rclone: crate::backend::RcloneSettings,
     pub file: FileConfig,
     pub request_timeout: std::time::Duration,
     /// KiB/s; `None`: no limit.
@@ -227,11 +250,24 @@ impl Settings {
             multipart_threshold: s3.multipart_threshold_mb.map(|mb| mb.max(5) << 20),
             credentials: None,
         };
+        let sftp = file.sftp.clone().unwrap_or_default();
+        let sftp = crate::backend::SftpSettings {
+            identity_file: g.sftp_identity_file.clone().or(sftp.identity_file),
+            known_hosts_file: g.sftp_known_hosts_file.clone().or(sftp.known_hosts_file),
+            ssh_config: g.ssh_config.clone().or(sftp.ssh_config),
+        };
+        let rclone = file.rclone.clone().unwrap_or_default();
+        let rclone = crate::backend::RcloneSettings {
+            binary: g.rclone_binary.clone().or(rclone.binary),
+            config: g.rclone_config.clone().or(rclone.config),
+        };
         Ok(Settings {
             repo,
             key_file,
             state_dir,
             s3,
+            sftp,
+            rclone,
             request_timeout,
             limit_upload_kib: limit(g.limit_upload, file.limit_upload_kib),
             limit_download_kib: limit(g.limit_download, file.limit_download_kib),
@@ -247,6 +283,8 @@ impl Settings {
             limit_upload: self.limit_upload_kib.map(|k| k.saturating_mul(1024)),
             limit_download: self.limit_download_kib.map(|k| k.saturating_mul(1024)),
             s3: self.s3.clone(),
+            sftp: self.sftp.clone(),
+            rclone: self.rclone.clone(),
         }
     }
 

@@ -58,7 +58,8 @@ pub struct GlobalArgs {
     /// Config file (default /etc/n2s/agent.toml when it exists).
     #[arg(long, global = true, env = "N2S_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Repository URL: file:///ABS/PATH or an absolute path.
+    /// Repository URL: file:///ABS/PATH (or an absolute path), s3://BUCKET/PREFIX,
+    /// sftp://USER@HOST:PORT/PATH, rclone:REMOTE:PATH or ipfs://HOST:PORT/PATH.
     #[arg(long, global = true, env = "N2S_REPO", value_name = "URL")]
     pub repo: Option<String>,
     /// Key file (mode 0600). Never pass the key itself on the command line.
@@ -83,6 +84,21 @@ pub struct GlobalArgs {
     /// other than AWS need.
     #[arg(long, global = true, env = "N2S_S3_PATH_STYLE")]
     pub s3_path_style: bool,
+    /// SSH private key for sftp:// repositories (else ssh's defaults).
+    #[arg(long, global = true, env = "N2S_SFTP_IDENTITY_FILE", value_name = "PATH")]
+    pub sftp_identity_file: Option<PathBuf>,
+    /// known_hosts file for sftp:// repositories; host keys are always checked.
+    #[arg(long, global = true, env = "N2S_SFTP_KNOWN_HOSTS_FILE", value_name = "PATH")]
+    pub sftp_known_hosts_file: Option<PathBuf>,
+    /// ssh_config file for sftp:// repositories (else ~/.ssh/config).
+    #[arg(long, global = true, env = "N2S_SSH_CONFIG", value_name = "PATH")]
+    pub ssh_config: Option<PathBuf>,
+    /// The rclone binary for rclone: repositories (default: rclone on PATH).
+    #[arg(long, global = true, env = "N2S_RCLONE_BINARY", value_name = "PATH")]
+    pub rclone_binary: Option<PathBuf>,
+    /// The rclone.conf with the remotes (default: rclone's own, or RCLONE_CONFIG).
+    #[arg(long, global = true, env = "N2S_RCLONE_CONFIG", value_name = "PATH")]
+    pub rclone_config: Option<PathBuf>,
     /// Upload at most this many KiB/s, all threads together (0: no limit).
     #[arg(long, global = true, env = "N2S_LIMIT_UPLOAD", value_name = "KIB_PER_S")]
     pub limit_upload: Option<u64>,

@@ -9,10 +9,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod ipfs;
+pub mod rclone;
 pub mod s3;
+pub mod sftp;
 
 /// One #[test] per backend for each test body (a `fn(&Env)`): a local
-/// directory, and S3 on moto and on SeaweedFS. A test binary that says
+/// directory, S3 on moto and on SeaweedFS, SFTP on a test sshd, rclone (a
+/// local remote and an sftp one) and an IPFS node. A test binary that says
 /// `#[macro_use] mod common;` uses it.
 #[allow(unused_macros)]
 macro_rules! on_every_backend {
@@ -35,6 +39,30 @@ macro_rules! on_every_backend {
             #[test]
             fn s3_seaweedfs() {
                 if let Some(env) = Env::on(Target::S3(Kind::SeaweedFs)) {
+                    super::$body(&env)
+                }
+            }
+            #[test]
+            fn sftp() {
+                if let Some(env) = Env::on(Target::Sftp) {
+                    super::$body(&env)
+                }
+            }
+            #[test]
+            fn rclone_local() {
+                if let Some(env) = Env::on(Target::Rclone(super::common::rclone::Kind::Local)) {
+                    super::$body(&env)
+                }
+            }
+            #[test]
+            fn rclone_sftp() {
+                if let Some(env) = Env::on(Target::Rclone(super::common::rclone::Kind::Sftp)) {
+                    super::$body(&env)
+                }
+            }
+            #[test]
+            fn ipfs() {
+                if let Some(env) = Env::on(Target::Ipfs) {
                     super::$body(&env)
                 }
             }
@@ -72,6 +100,9 @@ pub struct Env {
 pub enum Target {
     Local,
     S3(s3::Kind),
+    Sftp,
+    Rclone(rclone::Kind),
+    Ipfs,
 }
 
 impl Env {
@@ -89,10 +120,28 @@ impl Env {
     /// fails instead).
     pub fn on(target: Target) -> Option<Env> {
         let mut env = Env::new();
-        if let Target::S3(kind) = target {
-            let server = s3::server(kind)?;
-            env.url = Some(server.new_location());
-            env.extra = server.env();
+        match target {
+            Target::Local => {}
+            Target::S3(kind) => {
+                let server = s3::server(kind)?;
+                env.url = Some(server.new_location());
+                env.extra = server.env();
+            }
+            Target::Sftp => {
+                let server = sftp::server()?;
+                env.url = Some(server.new_location());
+                env.extra = server.env();
+            }
+            Target::Rclone(kind) => {
+                let server = rclone::server(kind)?;
+                env.url = Some(server.new_location());
+                env.extra = server.env();
+            }
+            Target::Ipfs => {
+                let server = ipfs::server()?;
+                env.url = Some(server.new_location());
+                env.extra = server.env();
+            }
         }
         Some(env)
     }
@@ -204,6 +253,37 @@ impl Env {
     pub fn pack_bytes(&self) -> u64 {
         files_under(&self.repo.join("data")).iter().map(|p| p.metadata().map(|m| m.len()).unwrap_or(0)).sum()
     }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Start a test server that dies with this test binary.
+pub fn spawn_kept(mut cmd: Command) {
+    use std::os::unix::process::CommandExt;
+    // The spawning thread must outlive the server: PDEATHSIG follows the
+    // thread, not the process. This one parks forever.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: prctl is async-signal-safe and touches nothing else.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let r = cmd.stdin(std::process::Stdio::null()).spawn();
+        let ok = r.is_ok();
+        let _ = tx.send(r.map(|_| ()));
+        if ok {
+            loop {
+                std::thread::park();
+            }
+        }
+    });
+    rx.recv().expect("server thread").expect("start the test server");
 }
 
 /// Where test trees live: a real disk file system (xattrs, sparse files).

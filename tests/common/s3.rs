@@ -5,10 +5,11 @@
 //! bucket of its own. The servers die with the test binary (PDEATHSIG of a
 //! thread that lives as long as the process).
 
+use super::{free_port, spawn_kept};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -38,11 +39,6 @@ pub fn venv_bin(name: &str) -> PathBuf {
     PathBuf::from(std::env::var("N2S_TEST_VENV").unwrap_or_else(|_| "/opt/n2s-test-venv".into())).join("bin").join(name)
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// A few free ports whose gRPC companions (port + 10000, SeaweedFS) fit too.
 fn free_low_port() -> u16 {
     for _ in 0..200 {
@@ -65,31 +61,6 @@ fn http(port: u16, method: &str, path: &str) -> std::io::Result<u16> {
     let line = String::from_utf8_lossy(&buf);
     let code = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     Ok(code)
-}
-
-fn spawn_kept(mut cmd: Command) {
-    use std::os::unix::process::CommandExt;
-    // The spawning thread must outlive the server: PDEATHSIG follows the
-    // thread, not the process. This one parks forever.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // SAFETY: prctl is async-signal-safe and touches nothing else.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let r = cmd.stdin(Stdio::null()).spawn();
-        let ok = r.is_ok();
-        let _ = tx.send(r.map(|_| ()));
-        if ok {
-            loop {
-                std::thread::park();
-            }
-        }
-    });
-    rx.recv().expect("server thread").expect("start the S3 server");
 }
 
 fn start(kind: Kind) -> Option<Server> {
