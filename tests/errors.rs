@@ -248,3 +248,22 @@ fn a_full_repository_disk_fails_cleanly_and_the_next_run_resumes() {
     env.restore("d", "#1", &t);
     assert_same_tree(&src, &t);
 }
+
+/// `n2s-agent ... | head`: a reader that goes away ends the agent quietly
+/// (exit 141, as SIGPIPE would), with no panic message; and since SIGPIPE
+/// itself stays ignored, a backend's pipe that breaks (ssh dying with its
+/// link, tests/sftp.rs) is an error to retry, not the end of the process.
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let env = Env::new();
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills two new descriptors, which OwnedFd then owns.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end); // every write to the pipe fails with EPIPE from now on
+    let out = env.cmd().arg("init").stdout(std::process::Stdio::from(write_end)).output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(141), "{:?}: {err}", out.status);
+}

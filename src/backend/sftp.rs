@@ -129,6 +129,7 @@ pub struct SftpBackend {
     /// Directories known to exist (made or seen), so a put does not ask.
     dirs: Mutex<HashSet<String>>,
     said_no_hardlink: AtomicBool,
+    connected_once: AtomicBool,
     _control_dir: PathBuf,
 }
 
@@ -191,6 +192,7 @@ impl SftpBackend {
             conn: Mutex::new(None),
             dirs: Mutex::new(HashSet::new()),
             said_no_hardlink: AtomicBool::new(false),
+            connected_once: AtomicBool::new(false),
             _control_dir: control_dir,
         };
         // Connect now: a wrong host, key or host key is one clear error at
@@ -220,6 +222,7 @@ impl SftpBackend {
             })
         })?;
         let sftp = Arc::new(sftp);
+        self.connected_once.store(true, Ordering::Relaxed);
         *guard = Some(sftp.clone());
         Ok(sftp)
     }
@@ -248,7 +251,13 @@ impl SftpBackend {
         } else {
             "check the URL, [sftp] settings and that `ssh` to that host works in batch mode"
         };
-        let transient = low.contains("timed out") || low.contains("connection reset") || low.contains("refused");
+        // Once a run has been connected, any failure to connect again is
+        // taken as passing (a server restarting, a link flapping): the
+        // retry decorator tries again with backoff. The first connect's
+        // failure is final, so a wrong setting fails at once.
+        let transient = self.connected_once.load(Ordering::Relaxed)
+            || low.contains("timed out")
+            || low.contains("connection reset");
         let err = anyhow::anyhow!("cannot connect to {}: {chain}: {hint}", self.location);
         if transient { BackendError::Transient(err) } else { BackendError::Other(err) }
     }

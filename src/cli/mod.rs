@@ -315,12 +315,26 @@ impl log::Log for StderrLogger {
 }
 
 pub fn main() -> ExitCode {
-    // Like other Unix tools, end quietly when the reader of our output goes
-    // away (`n2s-agent list | head`), instead of panicking on EPIPE.
-    // SAFETY: setting a signal disposition to the default has no preconditions.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // SIGPIPE stays ignored (Rust's default): a backend's pipe or socket
+    // whose other end died (ssh when a link drops, a server closing a
+    // kept-alive connection) must be an EPIPE error that a retry heals, not
+    // the end of the process in the middle of a backup. Our own stdout is
+    // the exception: like other Unix tools, end quietly when its reader
+    // goes away (`n2s-agent list | head`) instead of printing a panic.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.contains("failed printing to stdout") && text.contains("Broken pipe") {
+            // 128 + SIGPIPE, what a shell reports for a process SIGPIPE ended.
+            std::process::exit(141);
+        }
+        default_hook(info)
+    }));
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -54,6 +54,16 @@ fn banner(port: u16) -> bool {
 }
 
 fn start() -> Option<Server> {
+    start_on(None)
+}
+
+/// An sshd of a test's own, for a test that cuts its connections (the
+/// shared one serves every other test of the binary at the same time).
+pub fn private_server() -> Option<Server> {
+    start_on(Some(free_port()))
+}
+
+fn start_on(port: Option<u16>) -> Option<Server> {
     if !Path::new(SSHD).exists() {
         assert!(std::env::var("CI").is_err(), "CI must provide {SSHD} (scripts/setup installs openssh-server)");
         eprintln!("!!!!!!!! SKIPPED LOUDLY: {SSHD} is not installed: run scripts/setup !!!!!!!!");
@@ -66,7 +76,8 @@ fn start() -> Option<Server> {
     std::fs::create_dir_all(dir.join("root")).expect("sftp root");
     // sshd refuses to start without its privilege-separation directory.
     std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
-    let port = if std::net::TcpListener::bind("127.0.0.1:2222").is_ok() { 2222 } else { free_port() };
+    let port =
+        port.unwrap_or_else(|| if std::net::TcpListener::bind("127.0.0.1:2222").is_ok() { 2222 } else { free_port() });
     let config = format!(
         "Port {port}\n\
          ListenAddress 127.0.0.1\n\
@@ -92,7 +103,7 @@ fn start() -> Option<Server> {
         .expect("known_hosts");
     // The agent's ssh reads this file only (-F), never ~/.ssh/config.
     std::fs::write(dir.join("ssh_config"), "Host *\n  BatchMode yes\n  ServerAliveInterval 15\n").expect("ssh_config");
-    let log = std::env::temp_dir().join(format!("n2s-test-sshd-{}.log", std::process::id()));
+    let log = std::env::temp_dir().join(format!("n2s-test-sshd-{}-{port}.log", std::process::id()));
     let out = std::fs::File::create(&log).expect("sshd log");
     let mut cmd = Command::new(SSHD);
     cmd.arg("-D").arg("-e").arg("-f").arg(dir.join("sshd_config"));
