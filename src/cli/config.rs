@@ -329,6 +329,25 @@ mod tests {
         assert!(FileConfig::load(Some(&dir.path().join("missing.toml"))).is_err());
     }
 
+    /// The example file parses with every commented-out setting switched on.
+    #[test]
+    fn the_shipped_example_parses_with_everything_uncommented() {
+        let text = include_str!("../../agent-config/agent.toml.example");
+        let on: String = text
+            .lines()
+            .map(|l| {
+                // `#key = value` and `#[table]` are settings; `# words` is prose.
+                let t = l.strip_prefix('#').filter(|r| r.starts_with('[') || r.contains(" = ") && !r.starts_with(' '));
+                t.unwrap_or(l).to_string() + "\n"
+            })
+            .collect();
+        let c = FileConfig::parse(&on, "agent.toml.example").unwrap_or_else(|e| panic!("{e:#}\n{on}"));
+        let sftp = c.sftp.unwrap();
+        assert!(sftp.identity_file.is_some() && sftp.known_hosts_file.is_some() && sftp.ssh_config.is_some());
+        assert!(c.rclone.unwrap().config.is_some());
+        assert!(c.s3.unwrap().region.is_some());
+    }
+
     fn settings(args: &[&str], file: &str) -> Result<Settings> {
         use clap::Parser;
         let dir = tempfile::tempdir().unwrap();
