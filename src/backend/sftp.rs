@@ -397,7 +397,12 @@ impl SftpBackend {
         }
         let parent = key.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
         let outcome = self.link(&sftp, &tmp, &dest, parent).await;
-        let _ = sftp.fs().remove_file(&tmp).await;
+        // The temporary name goes in the background (the object is whole
+        // under its key already); one that stays is cleanup_interrupted's.
+        let s = sftp.clone();
+        tokio::spawn(async move {
+            let _ = s.fs().remove_file(&tmp).await;
+        });
         outcome
     }
 
@@ -471,8 +476,12 @@ impl SftpBackend {
                 Err(e) => failed = failed.or(Some(SftpError::from(e))),
             }
         }
-        let _ = file.seek(SeekFrom::Start(0)).await;
-        let _ = file.close().await;
+        // The handle is closed in the background: the caller has its bytes,
+        // and a round trip less per read matters to a restore of many small
+        // files over a slow link.
+        tokio::spawn(async move {
+            let _ = file.close().await;
+        });
         if let Some(e) = failed {
             return Err(e);
         }
