@@ -12,8 +12,10 @@ use super::{Ctx, GlobalArgs};
 pub struct AbandonArgs {
     /// The snapshot of the unfinished changeset (as in `list`), or `#N`.
     pub snapshot: String,
-    #[arg(long)]
+    /// The dataset whose changeset to end.
+    #[arg(long, value_parser = super::dataset_name)]
     pub dataset: String,
+    /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -16,7 +16,7 @@ use crate::source::walk::WalkSource;
 #[derive(clap::Args)]
 pub struct BackupArgs {
     /// The dataset to back up (default: every dataset of the config file).
-    #[arg(long)]
+    #[arg(long, value_parser = super::dataset_name)]
     pub dataset: Option<String>,
     /// Where the dataset's changes come from.
     #[arg(long, value_enum)]

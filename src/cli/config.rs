@@ -167,8 +167,33 @@ impl FileConfig {
                 None => anyhow::anyhow!("config file {origin}: {msg}"),
             }
         })?;
+        // Values that would be clamped or misread are refused instead:
+        // a setting that silently means something else is a surprise.
+        if let Some(mb) = cfg.pack_size_mb
+            && !(1..=512).contains(&mb)
+        {
+            anyhow::bail!("config file {origin}: pack_size_mb = {mb}: give 1 to 512 (MiB; default 16)");
+        }
+        if let Some(n) = cfg.checkpoint_every
+            && n < 1
+        {
+            anyhow::bail!(
+                "config file {origin}: checkpoint_every = {n}: give 1 or more (a full manifest every that many changesets; default 16)"
+            );
+        }
+        if let Some(n) = cfg.connections
+            && !(1..=MAX_CONNECTIONS).contains(&n)
+        {
+            anyhow::bail!("config file {origin}: connections = {n}: give 1 to {MAX_CONNECTIONS}");
+        }
+        if let Some(0) = cfg.request_timeout_secs {
+            anyhow::bail!(
+                "config file {origin}: request_timeout_secs = 0: give the seconds one backend request may take (default 120)"
+            );
+        }
         let mut seen = std::collections::HashSet::new();
         for d in &cfg.dataset {
+            super::dataset_name(&d.name).map_err(|e| anyhow::anyhow!("config file {origin}: {e}"))?;
             if !seen.insert(&d.name) {
                 anyhow::bail!("config file {origin}: dataset {:?} is defined twice", d.name);
             }
@@ -217,27 +242,14 @@ impl Settings {
         })?;
         let state_dir =
             g.state_dir.clone().or_else(|| file.state_dir.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        let request_timeout = match file.request_timeout_secs {
-            None => crate::backend::DEFAULT_REQUEST_TIMEOUT,
-            Some(0) => {
-                return Err(UsageError(
-                    "request_timeout_secs = 0 in the config file: give the seconds one backend request may take (default 120)"
-                        .into(),
-                )
-                .into());
-            }
-            Some(s) => std::time::Duration::from_secs(s),
-        };
+        // (The file's values were checked when it was parsed.)
+        let request_timeout =
+            file.request_timeout_secs.map_or(crate::backend::DEFAULT_REQUEST_TIMEOUT, std::time::Duration::from_secs);
         // 0 means no limit, as for rsync and rclone.
         let limit = |flag: Option<u64>, file: Option<u64>| flag.or(file).filter(|&k| k > 0);
         let connections = match (g.connections, file.connections) {
             (Some(n), _) if !(1..=MAX_CONNECTIONS).contains(&n) => {
                 return Err(UsageError(format!("--connections {n}: give 1 to {MAX_CONNECTIONS}")).into());
-            }
-            (None, Some(n)) if !(1..=MAX_CONNECTIONS).contains(&n) => {
-                return Err(
-                    UsageError(format!("connections = {n} in the config file: give 1 to {MAX_CONNECTIONS}")).into()
-                );
             }
             (flag, file) => flag.or(file),
         };
@@ -329,6 +341,26 @@ mod tests {
         assert!(FileConfig::load(Some(&dir.path().join("missing.toml"))).is_err());
     }
 
+    /// A value that would be clamped or misread is refused, by name, in one line.
+    #[test]
+    fn out_of_range_settings_are_refused_by_name() {
+        for (text, needle) in [
+            ("pack_size_mb = 0\n", "pack_size_mb = 0"),
+            ("pack_size_mb = 4096\n", "pack_size_mb = 4096"),
+            ("checkpoint_every = 0\n", "checkpoint_every = 0"),
+            ("connections = 0\n", "connections = 0"),
+            ("request_timeout_secs = 0\n", "request_timeout_secs = 0"),
+            ("[[dataset]]\nname = \"\"\nsource = \"walk\"\n", "dataset name is empty"),
+            ("[[dataset]]\nname = \" home\"\nsource = \"walk\"\n", "leading or trailing"),
+        ] {
+            let e = format!("{:#}", FileConfig::parse(text, "t.toml").unwrap_err());
+            assert!(e.contains(needle) && e.contains("t.toml") && !e.contains('\n'), "{text:?}: {e}");
+        }
+        assert!(FileConfig::parse("pack_size_mb = 1\ncheckpoint_every = 1\nconnections = 64\n", "t").is_ok());
+        assert!(super::super::dataset_name("").is_err());
+        assert!(super::super::dataset_name("tank/home").is_ok());
+    }
+
     /// The example file parses with every commented-out setting switched on.
     #[test]
     fn the_shipped_example_parses_with_everything_uncommented() {
@@ -380,13 +412,15 @@ mod tests {
         let s = settings(&["--limit-upload", "0", "--limit-download", "64", "--connections", "16"], file).unwrap();
         assert_eq!((s.limit_upload_kib, s.limit_download_kib, s.connections), (None, Some(64), Some(16)));
 
-        for (args, file, want) in [
-            (&["--connections", "0"][..], "", "--connections 0"),
-            (&[][..], "connections = 65\n", "connections = 65"),
-            (&[][..], "request_timeout_secs = 0\n", "request_timeout_secs = 0"),
-        ] {
-            let e = settings(args, file).err().unwrap();
-            assert!(e.downcast_ref::<UsageError>().is_some() && e.to_string().contains(want), "{e}");
+        let e = settings(&["--connections", "0"], "").err().unwrap();
+        assert!(e.downcast_ref::<UsageError>().is_some() && e.to_string().contains("--connections 0"), "{e}");
+        // The file's values are the file's errors (exit 1, like any other
+        // mistake in it), checked as it is parsed.
+        for (file, want) in
+            [("connections = 65\n", "connections = 65"), ("request_timeout_secs = 0\n", "request_timeout_secs = 0")]
+        {
+            let e = settings(&[], file).err().unwrap();
+            assert!(e.downcast_ref::<UsageError>().is_none() && e.to_string().contains(want), "{e}");
         }
     }
 

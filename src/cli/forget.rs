@@ -17,7 +17,7 @@ pub struct ForgetArgs {
     pub snapshots: Vec<String>,
     /// The dataset (default: every dataset of this machine; required with
     /// snapshot names).
-    #[arg(long)]
+    #[arg(long, value_parser = super::dataset_name)]
     pub dataset: Option<String>,
     /// Keep the N newest changesets.
     #[arg(long, value_name = "N")]

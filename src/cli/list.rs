@@ -8,8 +8,10 @@ use super::{Ctx, GlobalArgs};
 
 #[derive(clap::Args)]
 pub struct ListArgs {
-    #[arg(long)]
+    /// Only this dataset (default: every dataset in the catalogs).
+    #[arg(long, value_parser = super::dataset_name)]
     pub dataset: Option<String>,
+    /// Print the changesets as JSON.
     #[arg(long)]
     pub json: bool,
 }

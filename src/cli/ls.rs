@@ -15,8 +15,10 @@ pub struct LsArgs {
     pub snapshot: String,
     /// Only this path and what lies below it.
     pub path: Option<PathBuf>,
-    #[arg(long)]
+    /// The dataset the snapshot belongs to (needed when two datasets have one snapshot name).
+    #[arg(long, value_parser = super::dataset_name)]
     pub dataset: Option<String>,
+    /// Print the entries as JSON.
     #[arg(long)]
     pub json: bool,
 }

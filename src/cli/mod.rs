@@ -33,6 +33,19 @@ use crate::state::StatePaths;
 #[derive(Debug)]
 pub struct UsageError(pub String);
 
+/// A dataset name as flags and the config file give it: not empty, no
+/// spaces around it, no control characters (it is shown in logs and
+/// metrics, and named in the repository's manifests).
+pub fn dataset_name(s: &str) -> std::result::Result<String, String> {
+    if s.is_empty() {
+        return Err("the dataset name is empty: give a name such as \"home\"".into());
+    }
+    if s.trim() != s || s.chars().any(char::is_control) {
+        return Err(format!("dataset name {s:?}: no leading or trailing spaces or control characters"));
+    }
+    Ok(s.to_string())
+}
+
 impl std::fmt::Display for UsageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -75,39 +88,45 @@ pub struct GlobalArgs {
     #[arg(short, long, global = true)]
     pub quiet: bool,
     /// S3 endpoint URL, for servers other than AWS (also AWS_ENDPOINT_URL).
-    #[arg(long, global = true, env = "N2S_S3_ENDPOINT", value_name = "URL")]
+    #[arg(long, global = true, help_heading = "Backend access", env = "N2S_S3_ENDPOINT", value_name = "URL")]
     pub s3_endpoint: Option<String>,
     /// S3 region (also AWS_REGION; default us-east-1).
-    #[arg(long, global = true, env = "N2S_S3_REGION", value_name = "REGION")]
+    #[arg(long, global = true, help_heading = "Backend access", env = "N2S_S3_REGION", value_name = "REGION")]
     pub s3_region: Option<String>,
     /// Path-style S3 addressing (endpoint/bucket/key), which most servers
     /// other than AWS need.
-    #[arg(long, global = true, env = "N2S_S3_PATH_STYLE")]
+    #[arg(long, global = true, help_heading = "Backend access", env = "N2S_S3_PATH_STYLE")]
     pub s3_path_style: bool,
     /// SSH private key for sftp:// repositories (else ssh's defaults).
-    #[arg(long, global = true, env = "N2S_SFTP_IDENTITY_FILE", value_name = "PATH")]
+    #[arg(long, global = true, help_heading = "Backend access", env = "N2S_SFTP_IDENTITY_FILE", value_name = "PATH")]
     pub sftp_identity_file: Option<PathBuf>,
     /// known_hosts file for sftp:// repositories; host keys are always checked.
-    #[arg(long, global = true, env = "N2S_SFTP_KNOWN_HOSTS_FILE", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Backend access",
+        env = "N2S_SFTP_KNOWN_HOSTS_FILE",
+        value_name = "PATH"
+    )]
     pub sftp_known_hosts_file: Option<PathBuf>,
     /// ssh_config file for sftp:// repositories (else ~/.ssh/config).
-    #[arg(long, global = true, env = "N2S_SSH_CONFIG", value_name = "PATH")]
+    #[arg(long, global = true, help_heading = "Backend access", env = "N2S_SSH_CONFIG", value_name = "PATH")]
     pub ssh_config: Option<PathBuf>,
     /// The rclone binary for rclone: repositories (default: rclone on PATH).
-    #[arg(long, global = true, env = "N2S_RCLONE_BINARY", value_name = "PATH")]
+    #[arg(long, global = true, help_heading = "Backend access", env = "N2S_RCLONE_BINARY", value_name = "PATH")]
     pub rclone_binary: Option<PathBuf>,
     /// The rclone.conf with the remotes (default: rclone's own, or RCLONE_CONFIG).
-    #[arg(long, global = true, env = "N2S_RCLONE_CONFIG", value_name = "PATH")]
+    #[arg(long, global = true, help_heading = "Backend access", env = "N2S_RCLONE_CONFIG", value_name = "PATH")]
     pub rclone_config: Option<PathBuf>,
     /// Upload at most this many KiB/s, all threads together (0: no limit).
-    #[arg(long, global = true, env = "N2S_LIMIT_UPLOAD", value_name = "KIB_PER_S")]
+    #[arg(long, global = true, help_heading = "Backend access", env = "N2S_LIMIT_UPLOAD", value_name = "KIB_PER_S")]
     pub limit_upload: Option<u64>,
     /// Download at most this many KiB/s, all threads together (0: no limit).
-    #[arg(long, global = true, env = "N2S_LIMIT_DOWNLOAD", value_name = "KIB_PER_S")]
+    #[arg(long, global = true, help_heading = "Backend access", env = "N2S_LIMIT_DOWNLOAD", value_name = "KIB_PER_S")]
     pub limit_download: Option<u64>,
     /// Backend requests in flight at once: uploaders of a backup, workers of
     /// a restore (default 8 for a remote backend, 2 uploaders for a local one).
-    #[arg(long, global = true, env = "N2S_CONNECTIONS", value_name = "N")]
+    #[arg(long, global = true, help_heading = "Backend access", env = "N2S_CONNECTIONS", value_name = "N")]
     pub connections: Option<usize>,
 }
 

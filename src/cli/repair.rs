@@ -9,6 +9,7 @@ use super::{Ctx, GlobalArgs};
 
 #[derive(clap::Args)]
 pub struct RepairArgs {
+    /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }

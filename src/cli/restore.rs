@@ -13,7 +13,8 @@ use crate::engine::restore::{RestoreOptions, restore};
 pub struct RestoreArgs {
     /// Snapshot name (as in `list`), `latest`, or `#N` for changeset N.
     pub snapshot: String,
-    #[arg(long)]
+    /// The dataset the snapshot belongs to (needed when two datasets have one snapshot name).
+    #[arg(long, value_parser = super::dataset_name)]
     pub dataset: Option<String>,
     /// Directory to restore into (created if missing; must be empty unless --overwrite).
     #[arg(long)]
@@ -24,6 +25,7 @@ pub struct RestoreArgs {
     /// Replace files that already exist in the target.
     #[arg(long)]
     pub overwrite: bool,
+    /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -11,11 +11,13 @@ use crate::model::display_path;
 pub struct SearchArgs {
     /// A glob (`*.conf`, `home/*/notes`) or a plain substring.
     pub pattern: String,
-    #[arg(long)]
+    /// Only this dataset (default: every dataset).
+    #[arg(long, value_parser = super::dataset_name)]
     pub dataset: Option<String>,
     /// At most this many versions per dataset.
     #[arg(long, default_value_t = 1000)]
     pub limit: usize,
+    /// Print the matches as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -9,8 +9,10 @@ use crate::catalog::index::ChunkIndex;
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
-    #[arg(long)]
+    /// Only this dataset (default: every dataset).
+    #[arg(long, value_parser = super::dataset_name)]
     pub dataset: Option<String>,
+    /// Print the status as JSON.
     #[arg(long)]
     pub json: bool,
 }

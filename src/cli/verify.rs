@@ -12,6 +12,7 @@ pub struct VerifyArgs {
     /// every pack and check its hash; full: also decrypt and re-hash every chunk.
     #[arg(long, value_enum, default_value = "standard")]
     pub level: Level,
+    /// Print the findings as JSON.
     #[arg(long)]
     pub json: bool,
 }
