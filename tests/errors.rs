@@ -267,3 +267,42 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(141), "{:?}: {err}", out.status);
 }
+
+/// SIGTERM or SIGINT in the middle of a backup: one line says what was
+/// kept and how to go on, the process still ends by the signal (as systemd
+/// and shells expect), and the same command run again finishes the job.
+#[test]
+fn an_interrupted_run_says_how_to_go_on() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    let mut rng = Rng(9);
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        // New content each round, so each backup has seconds of work.
+        for i in 0..64 {
+            std::fs::create_dir_all(src.join(format!("d{}", i % 4))).unwrap();
+            std::fs::write(src.join(format!("d{}/f{i}", i % 4)), rng.bytes(2 << 20)).unwrap();
+        }
+        let child = env
+            .cmd()
+            .env("N2S_LIMIT_UPLOAD", "20000") // 20 MB/s: the run lasts seconds
+            .args(["backup", "--dataset", "ds", "--source", "walk", "--snapshot", name, "--path"])
+            .arg(&src)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        // SAFETY: kill(2) on the child this test started.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.signal(), Some(sig), "{name}: {:?}: {err}", out.status);
+        let last = err.trim().lines().last().unwrap_or("");
+        assert!(last.contains("interrupted (backup)") && last.contains("run the same backup again"), "{name}: {err}");
+        env.backup("ds", &src, name);
+    }
+    let t = env.path("restored");
+    env.restore("ds", "SIGINT", &t);
+    assert_same_tree(&src, &t);
+}

@@ -15,6 +15,7 @@ mod prune;
 mod repair;
 mod restore;
 mod search;
+mod signals;
 mod status;
 mod verify;
 
@@ -162,6 +163,27 @@ pub enum Command {
         #[command(subcommand)]
         command: catalog::CatalogCommand,
     },
+}
+
+impl Command {
+    /// The verb, as typed.
+    fn verb(&self) -> &'static str {
+        match self {
+            Command::Init(_) => "init",
+            Command::Backup(_) => "backup",
+            Command::Forget(_) => "forget",
+            Command::Prune(_) => "prune",
+            Command::Abandon(_) => "abandon",
+            Command::Restore(_) => "restore",
+            Command::List(_) => "list",
+            Command::Ls(_) => "ls",
+            Command::Search(_) => "search",
+            Command::Status(_) => "status",
+            Command::Verify(_) => "verify",
+            Command::Repair(_) => "repair",
+            Command::Catalog { .. } => "catalog",
+        }
+    }
 }
 
 /// What most verbs need: the open repository and its state directory.
@@ -370,6 +392,7 @@ pub fn main() -> ExitCode {
     let _ = log::set_boxed_logger(Box::new(StderrLogger { level }));
     log::set_max_level(level);
     let g = cli.global.clone();
+    signals::install(cli.command.verb());
     let result = match cli.command {
         Command::Init(a) => init::run(&g, a),
         Command::Backup(a) => backup::run(&g, a),
