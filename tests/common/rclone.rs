@@ -73,7 +73,10 @@ fn binary_for(kind: Kind) -> Option<PathBuf> {
         );
         return Some(other);
     }
-    eprintln!("!!!!!!!! SKIPPED LOUDLY: no rclone binary ({DEBIAN_RCLONE}, {}): run scripts/setup !!!!!!!!", want.display());
+    eprintln!(
+        "!!!!!!!! SKIPPED LOUDLY: no rclone binary ({DEBIAN_RCLONE}, {}): run scripts/setup !!!!!!!!",
+        want.display()
+    );
     None
 }
 
