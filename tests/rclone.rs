@@ -108,17 +108,18 @@ fn killing_the_agent_mid_backup_kills_its_rcd() {
         c.env(k, v).env("N2S_PACK_SIZE_KB", "64");
         c.args(["backup", "--dataset", "d", "--source", "walk", "--path"]).arg(&src).args(["--snapshot", "s1"]);
         let paused = run_paused(c, "pack-uploaded", &env.path("pause"));
+        // The held agent is the other process with the marker; it is
+        // killed even when an assertion below fails (else it waits 10 min).
+        let agents: Vec<u32> =
+            marked(&m).into_iter().filter(|(_, c)| c.contains("n2s-agent")).map(|(p, _)| p).collect();
+        assert_eq!(agents.len(), 1, "{kind:?}: want one paused agent: {agents:?}");
+        let guard = KillOnDrop(agents[0]);
         let running = rcds(&m);
         assert_eq!(running.len(), 1, "{kind:?}: want one rcd of the paused agent: {running:?}");
+        assert_eq!(ppid(running[0].0), agents[0], "the rcd is the agent's child");
         // Neither the password nor any secret is on its command line.
         assert!(!running[0].1.contains("--rc-pass") && !running[0].1.contains("--rc-user"), "{}", running[0].1);
-        // Paused keeps its child to itself: the agent is the rcd's parent.
-        let agent = ppid(running[0].0);
-        assert!(agent > 1, "the rcd {running:?} has no parent agent");
-        let agent_stat = std::fs::read_to_string(format!("/proc/{agent}/stat")).unwrap_or_default();
-        assert!(agent_stat.contains("(n2s-agent)"), "the rcd's parent is not the agent: {agent_stat}");
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe { libc::kill(agent as i32, libc::SIGKILL) };
+        drop(guard);
         let out = paused.release();
         assert!(!out.status.success());
         assert_no_rcd_within(&m, 5, &format!("{kind:?}: after kill -9 of the agent"));
@@ -127,6 +128,16 @@ fn killing_the_agent_mid_backup_kills_its_rcd() {
         let target = env.path("restored");
         env.restore("d", "s1", &target);
         assert_same_tree(&src, &target);
+    }
+}
+
+/// SIGKILL to a process when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
     }
 }
 

@@ -244,8 +244,9 @@ impl RcloneBackend {
                 cmd.env_remove(k.as_ref());
             }
         }
-        // A CA bundle meant for the AWS SDK makes rclone fail its own TLS
-        // setup: rclone talks to its remotes with its own configuration.
+        // The AWS SDK inside rclone's s3 remotes reads AWS_CA_BUNDLE too:
+        // a bundle meant for the agent's own S3 endpoint would replace the
+        // trusted roots of every s3 remote rclone reaches (BRIEF §7: unset).
         cmd.env_remove("AWS_CA_BUNDLE");
         cmd.env("RCLONE_RC_USER", &user).env("RCLONE_RC_PASS", &pass);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
@@ -469,7 +470,11 @@ impl RcloneBackend {
     /// One line for a failed request, naming the setting to fix where
     /// there is one; Transient for what a retry may cure.
     fn map(&self, f: &Failure, what: &str, key: &str) -> BackendError {
-        let on = format!("rclone {what} {key} on {}", self.fs);
+        let on = if key.is_empty() {
+            format!("rclone {what} {}", self.fs)
+        } else {
+            format!("rclone {what} {key} on {}", self.fs)
+        };
         match f {
             Failure::Transport(e) => {
                 if let Some(status) = self.daemon.exited() {
@@ -955,39 +960,42 @@ mod tests {
 
     #[test]
     fn the_daemon_stops_with_the_backend() {
-        let Some(bin) = binaries().into_iter().next() else { return };
-        let f = fixture(&bin);
-        let b = f.open("repo");
-        let pid = b.daemon.child.lock().unwrap().id();
-        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
-        // The password is in its environment, not on its command line.
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-        assert!(!String::from_utf8_lossy(&cmdline).contains("rc-pass"), "{cmdline:?}");
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-        assert!(String::from_utf8_lossy(&environ).contains("RCLONE_RC_PASS="));
-        drop(b);
-        // Killed and reaped: the pid is gone, not a zombie.
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "rcd {pid} is still there");
+        for bin in binaries() {
+            let f = fixture(&bin);
+            let b = f.open("repo");
+            let pid = b.daemon.child.lock().unwrap().id();
+            assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+            // The password is in its environment, not on its command line.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+            assert!(!String::from_utf8_lossy(&cmdline).contains("rc-pass"), "{cmdline:?}");
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+            assert!(String::from_utf8_lossy(&environ).contains("RCLONE_RC_PASS="));
+            drop(b);
+            // Killed and reaped: the pid is gone, not a zombie.
+            assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "rcd {pid} is still there");
+        }
     }
 
     #[test]
     fn wrong_settings_are_one_line_naming_the_setting() {
-        let Some(bin) = binaries().into_iter().next() else { return };
-        let f = fixture(&bin);
-        let conf = f.settings.config.clone().unwrap();
-        let e = RcloneBackend::open("rclone:nope:/x", &f.settings).err().unwrap().to_string();
-        assert!(e.contains("\"nope\" is not in") && e.contains(&conf.display().to_string()), "{e}");
-        assert!(e.contains("N2S_RCLONE_CONFIG") && !e.contains('\n'), "{e}");
-        let missing = RcloneSettings { binary: Some("/nonexistent/rclone".into()), config: f.settings.config.clone() };
-        let e = RcloneBackend::open("rclone:n2s-local:/x", &missing).err().unwrap().to_string();
-        assert!(e.contains("not found") && e.contains("N2S_RCLONE_BINARY"), "{e}");
-        let noconf = RcloneSettings { binary: Some(bin.clone()), config: Some(f.dir.path().join("absent.conf")) };
-        let e = RcloneBackend::open("rclone:n2s-local:/x", &noconf).err().unwrap().to_string();
-        assert!(e.contains("does not exist") && e.contains("N2S_RCLONE_CONFIG"), "{e}");
-        let bad_type = f.dir.path().join("bad.conf");
-        std::fs::write(&bad_type, "[weird]\ntype = nosuchbackend\n").unwrap();
-        let s = RcloneSettings { binary: Some(bin.clone()), config: Some(bad_type) };
-        let e = RcloneBackend::open("rclone:weird:/x", &s).err().unwrap().to_string();
-        assert!(e.contains("weird") && e.contains("N2S_RCLONE_CONFIG") && !e.contains('\n'), "{e}");
+        for bin in binaries() {
+            let f = fixture(&bin);
+            let conf = f.settings.config.clone().unwrap();
+            let e = RcloneBackend::open("rclone:nope:/x", &f.settings).err().unwrap().to_string();
+            assert!(e.contains("\"nope\" is not in") && e.contains(&conf.display().to_string()), "{e}");
+            assert!(e.contains("N2S_RCLONE_CONFIG") && !e.contains('\n'), "{e}");
+            let missing =
+                RcloneSettings { binary: Some("/nonexistent/rclone".into()), config: f.settings.config.clone() };
+            let e = RcloneBackend::open("rclone:n2s-local:/x", &missing).err().unwrap().to_string();
+            assert!(e.contains("not found") && e.contains("N2S_RCLONE_BINARY"), "{e}");
+            let noconf = RcloneSettings { binary: Some(bin.clone()), config: Some(f.dir.path().join("absent.conf")) };
+            let e = RcloneBackend::open("rclone:n2s-local:/x", &noconf).err().unwrap().to_string();
+            assert!(e.contains("does not exist") && e.contains("N2S_RCLONE_CONFIG"), "{e}");
+            let bad_type = f.dir.path().join("bad.conf");
+            std::fs::write(&bad_type, "[weird]\ntype = nosuchbackend\n").unwrap();
+            let s = RcloneSettings { binary: Some(bin.clone()), config: Some(bad_type) };
+            let e = RcloneBackend::open("rclone:weird:/x", &s).err().unwrap().to_string();
+            assert!(e.contains("weird") && e.contains("N2S_RCLONE_CONFIG") && !e.contains('\n'), "{e}");
+        }
     }
 }
