@@ -7,6 +7,7 @@
 //! Where the servers differ from AWS: both answer `If-None-Match: *` with
 //! 412 (checked here on both); AWS also answers 409 for a concurrent
 //! conditional write, which neither server does (mapped to a retry).
+#![cfg(feature = "s3")]
 
 mod common;
 use common::s3::{Kind, Server};
