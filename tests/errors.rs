@@ -123,7 +123,7 @@ fn a_missing_snapshot_or_dataset_is_named() {
         t.as_os_str(),
     ]);
     assert_one_line_error(&out, 1, "no backed-up snapshot \"nope\"");
-    assert_one_line_error(&env.run(["ls", "one", "--dataset", "other"]), 2, "dataset \"other\" has no backup");
+    assert_one_line_error(&env.run(["ls", "one", "--dataset", "other"]), 1, "dataset \"other\" has no backup");
     let out = env.run(["backup", "--dataset", "d", "--source", "walk", "--path", "/nonexistent/dir"]);
     assert_one_line_error(&out, 1, "not a directory");
     // The same label twice is refused, not silently merged.

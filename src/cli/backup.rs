@@ -303,9 +303,10 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
         );
     }
     if problems > 0 {
-        anyhow::bail!(
+        return Err(super::PartialSuccess(format!(
             "{problems} paths could not be read and are not in the backup (listed above); fix their permissions or errors and run backup again"
-        );
+        ))
+        .into());
     }
     if changed > 0 && ctx.settings.file.fail_on_changed_files.unwrap_or(false) {
         anyhow::bail!(

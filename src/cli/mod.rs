@@ -34,6 +34,20 @@ use crate::state::StatePaths;
 #[derive(Debug)]
 pub struct UsageError(pub String);
 
+/// A run that did its job but not all of it: a backup stored its snapshot
+/// without some paths that could not be read. Exit 3, as restic's, so a
+/// monitor can tell "back up, with holes" from "no backup at all".
+#[derive(Debug)]
+pub struct PartialSuccess(pub String);
+
+impl std::fmt::Display for PartialSuccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PartialSuccess {}
+
 /// A dataset name as flags and the config file give it: not empty, no
 /// spaces around it, no control characters (it is shown in logs and
 /// metrics, and named in the repository's manifests).
@@ -228,12 +242,13 @@ impl Ctx {
         }
         if !path.exists() {
             let known = self.known_datasets()?;
-            return Err(UsageError(format!(
+            // An error of the run (exit 1), not of its usage (2): the same
+            // command is right once the dataset has a backup.
+            anyhow::bail!(
                 "dataset {dataset:?} has no backup in {} (known: {})",
                 self.repo.backend.location(),
                 if known.is_empty() { "none".to_string() } else { known.join(", ") }
-            ))
-            .into());
+            );
         }
         Catalog::open(&path, dataset)
     }
@@ -413,7 +428,13 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let line = format!("{e:#}").replace('\n', " ");
             eprintln!("n2s-agent: error: {line}");
-            if e.downcast_ref::<UsageError>().is_some() { ExitCode::from(2) } else { ExitCode::from(1) }
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else if e.downcast_ref::<PartialSuccess>().is_some() {
+                ExitCode::from(3)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }
