@@ -306,3 +306,41 @@ fn an_interrupted_run_says_how_to_go_on() {
     env.restore("ds", "SIGINT", &t);
     assert_same_tree(&src, &t);
 }
+
+/// Under systemd (JOURNAL_STREAM names stderr), every line carries its
+/// syslog priority as sd-daemon's `<N>` prefix, so `journalctl -p warning`
+/// filters; anywhere else (a terminal, a pipe, a redirected stderr) no
+/// prefix.
+#[test]
+fn lines_carry_their_priority_for_the_journal() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let run = |journal: Option<&str>| -> String {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills two new descriptors, which OwnedFd then owns.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let w = std::fs::File::from(w);
+        let m = w.metadata().unwrap();
+        let stream = journal.map(str::to_string).unwrap_or_else(|| format!("{}:{}", m.dev(), m.ino()));
+        let mut child = env
+            .cmd()
+            .env("JOURNAL_STREAM", stream)
+            .args(["ls", "s1", "--dataset", "nothing-here"])
+            .stderr(std::process::Stdio::from(w))
+            .spawn()
+            .unwrap();
+        let mut out = String::new();
+        std::fs::File::from(r).read_to_string(&mut out).unwrap();
+        child.wait().unwrap();
+        out
+    };
+    env.init();
+    let err = run(None);
+    assert!(err.lines().any(|l| l.starts_with("<3>n2s-agent: error: ")), "{err}");
+    assert!(err.lines().all(|l| l.starts_with('<')), "every line has a priority: {err}");
+    let err = run(Some("1:2"));
+    assert!(err.lines().any(|l| l.starts_with("n2s-agent: error: ")) && !err.contains("<3>"), "{err}");
+}

@@ -287,10 +287,10 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
     let changed: u64 = all.iter().map(|s| s.changed_during_read).sum();
     for s in &all {
         for p in s.problems.iter().take(20) {
-            eprintln!("n2s-agent: warning: {}: {p}", s.dataset);
+            log::warn!("{}: {p}", s.dataset);
         }
         for p in s.changed_paths.iter().take(20) {
-            eprintln!("n2s-agent: warning: {}: {p} changed while it was read; stored as read", s.dataset);
+            log::warn!("{}: {p} changed while it was read; stored as read", s.dataset);
         }
     }
     if !errors.is_empty() {

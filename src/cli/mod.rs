@@ -364,10 +364,39 @@ impl log::Log for StderrLogger {
                 log::Level::Warn => "warning: ",
                 _ => "",
             };
-            eprintln!("n2s-agent: {lvl}{}", r.args());
+            eprintln!("{}n2s-agent: {lvl}{}", journal_priority(r.level()), r.args());
         }
     }
     fn flush(&self) {}
+}
+
+/// Whether stderr is the journal: systemd sets JOURNAL_STREAM to the
+/// device and inode of the stream it connected (systemd.exec(5)); a
+/// redirected stderr of a child no longer matches.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    static IS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IS.get_or_init(|| {
+        let Ok(v) = std::env::var("JOURNAL_STREAM") else { return false };
+        let Some((dev, ino)) = v.split_once(':') else { return false };
+        let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else { return false };
+        let Ok(f) = std::fs::File::open("/proc/self/fd/2") else { return false };
+        f.metadata().is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+    })
+}
+
+/// The `<N>` prefix of sd-daemon(3) that gives a line its syslog priority
+/// in the journal (`journalctl -p warning`), or nothing on a terminal.
+fn journal_priority(level: log::Level) -> &'static str {
+    if !stderr_is_journal() {
+        return "";
+    }
+    match level {
+        log::Level::Error => "<3>",
+        log::Level::Warn => "<4>",
+        log::Level::Info => "<6>",
+        _ => "<7>",
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -427,7 +456,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             let line = format!("{e:#}").replace('\n', " ");
-            eprintln!("n2s-agent: error: {line}");
+            eprintln!("{}n2s-agent: error: {line}", journal_priority(log::Level::Error));
             if e.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(2)
             } else if e.downcast_ref::<PartialSuccess>().is_some() {

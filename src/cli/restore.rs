@@ -98,11 +98,11 @@ pub fn run(g: &GlobalArgs, a: RestoreArgs) -> Result<ExitCode> {
     }
     if report.failed_count > 0 {
         for f in &report.failed {
-            eprintln!("n2s-agent: error: not restored: {f}");
+            log::error!("not restored: {f}");
         }
         let unlisted = report.failed_count - report.failed.len() as u64;
         if unlisted > 0 {
-            eprintln!("n2s-agent: error: ... and {unlisted} more paths not restored (not listed)");
+            log::error!("... and {unlisted} more paths not restored (not listed)");
         }
         anyhow::bail!(
             "{} paths could not be restored (listed above); everything else was; run `n2s-agent verify --level full` to check the repository",

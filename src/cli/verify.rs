@@ -39,7 +39,7 @@ pub fn run(g: &GlobalArgs, a: VerifyArgs) -> Result<ExitCode> {
     }
     if !r.ok {
         for p in &r.problems {
-            eprintln!("n2s-agent: problem: {p}");
+            log::error!("problem: {p}");
         }
         anyhow::bail!("verify found {} problems (listed above)", r.problems.len());
     }
