@@ -344,3 +344,29 @@ fn lines_carry_their_priority_for_the_journal() {
     let err = run(Some("1:2"));
     assert!(err.lines().any(|l| l.starts_with("n2s-agent: error: ")) && !err.contains("<3>"), "{err}");
 }
+
+/// A repository on a read-only file system (what the shipped unit's
+/// ProtectSystem=strict makes of any path not in ReadWritePaths=): the
+/// error names ReadWritePaths=.
+#[test]
+fn a_read_only_repository_names_read_write_paths() {
+    let env = Env::new();
+    let ro = env.path("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "ro,size=1m", "n2s-test-ro"]).arg(&ro).output();
+    if !mounted.as_ref().is_ok_and(|o| o.status.success()) {
+        assert!(std::env::var("CI").is_err(), "CI must allow mounting a tmpfs (root): {mounted:?}");
+        eprintln!("!!!!!!!! SKIPPED LOUDLY: cannot mount a read-only tmpfs here: {mounted:?} !!!!!!!!");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(ro.clone());
+    let out = env.cmd().env("N2S_REPO", ro.join("repo")).arg("init").output().unwrap();
+    assert_one_line_error(&out, 1, "ReadWritePaths=");
+}

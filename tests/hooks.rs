@@ -86,3 +86,48 @@ fn zfs_auto_snapshot_post_backs_up_its_dataset_without_waiting() {
     let out = Command::new(hook("zfs-auto-snapshot-post")).env("N2S_AGENT", &fake).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// scripts/install into a DESTDIR: a stripped binary that runs, the units,
+/// the hooks, a 0600 config and 0700 directories; a second install keeps
+/// the edited config; --uninstall removes what install put there but keeps
+/// the config and the state (the key lives there).
+#[test]
+fn install_and_uninstall_into_a_destdir() {
+    let env = Env::new();
+    let root = env.path("root");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/install");
+    let run = |args: &[&str]| {
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .env("DESTDIR", &root)
+            .env("N2S_AGENT_BIN", bin())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "install {args:?}: {}", stderr(&out));
+    };
+    run(&[]);
+    let installed = root.join("usr/local/bin/n2s-agent");
+    let v = Command::new(&installed).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&v.stdout).starts_with("n2s-agent "), "{v:?}");
+    let sections = Command::new("readelf").arg("-S").arg(&installed).output();
+    if let Ok(s) = sections {
+        assert!(!String::from_utf8_lossy(&s.stdout).contains(".debug_info"), "the installed binary is not stripped");
+    }
+    for f in [
+        "etc/systemd/system/n2s-agent.service",
+        "etc/systemd/system/n2s-agent.timer",
+        "usr/local/lib/n2s-agent/sanoid-post-snapshot",
+    ] {
+        assert!(root.join(f).is_file(), "{f} not installed");
+    }
+    let mode = |p: &str| std::fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode("etc/n2s/agent.toml"), mode("etc/n2s"), mode("var/lib/n2s")), (0o600, 0o700, 0o700));
+    std::fs::write(root.join("etc/n2s/agent.toml"), "repo = \"/srv/mine\"\n").unwrap();
+    run(&[]);
+    assert_eq!(std::fs::read_to_string(root.join("etc/n2s/agent.toml")).unwrap(), "repo = \"/srv/mine\"\n");
+    run(&["--uninstall"]);
+    assert!(!installed.exists() && !root.join("etc/systemd/system/n2s-agent.service").exists());
+    assert!(!root.join("usr/local/lib/n2s-agent").exists());
+    assert!(root.join("etc/n2s/agent.toml").exists() && root.join("var/lib/n2s").is_dir(), "config and state are kept");
+}

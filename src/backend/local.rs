@@ -54,6 +54,15 @@ impl LocalBackend {
     }
 
     fn other(e: std::io::Error, what: String) -> BackendError {
+        // The usual cause under the shipped unit: ProtectSystem=strict makes
+        // every path read-only but those ReadWritePaths= names.
+        let what = if e.raw_os_error() == Some(libc::EROFS) {
+            format!(
+                "{what} (read-only for n2s-agent: under systemd, add the repository's directory to ReadWritePaths= of n2s-agent.service, then systemctl daemon-reload)"
+            )
+        } else {
+            what
+        };
         BackendError::Other(anyhow::Error::new(e).context(what))
     }
 }
