@@ -128,6 +128,31 @@ fn install_and_uninstall_into_a_destdir() {
     assert_eq!(std::fs::read_to_string(root.join("etc/n2s/agent.toml")).unwrap(), "repo = \"/srv/mine\"\n");
     run(&["--uninstall"]);
     assert!(!installed.exists() && !root.join("etc/systemd/system/n2s-agent.service").exists());
+    assert!(!root.join("etc/systemd/system/n2s-agent@.service").exists());
     assert!(!root.join("usr/local/lib/n2s-agent").exists());
     assert!(root.join("etc/n2s/agent.toml").exists() && root.join("var/lib/n2s").is_dir(), "config and state are kept");
+}
+
+/// The hooks' template unit runs with the timer's hardening: its [Service]
+/// section is the service's, line for line, but for ExecStart, which names
+/// the instance's dataset.
+#[test]
+fn the_hooks_unit_is_hardened_like_the_service() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let service_lines = |name: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        let section = text.split("\n[Service]\n").nth(1).unwrap_or_else(|| panic!("{name} has no [Service]"));
+        section
+            .lines()
+            .take_while(|l| !l.starts_with('['))
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("ExecStart="))
+            .map(str::to_string)
+            .collect()
+    };
+    let (service, template) = (service_lines("n2s-agent.service"), service_lines("n2s-agent@.service"));
+    assert!(service.iter().any(|l| l.starts_with("ProtectSystem=")), "{service:?}");
+    assert_eq!(service, template, "n2s-agent@.service's [Service] differs from n2s-agent.service's");
+    let t = std::fs::read_to_string(dir.join("n2s-agent@.service")).unwrap();
+    assert!(t.contains("ExecStart=/usr/local/bin/n2s-agent backup --dataset %I"), "{t}");
 }
