@@ -17,6 +17,7 @@ fn settings(server: &sftp::Server) -> SftpSettings {
         identity_file: Some(server.identity_file()),
         known_hosts_file: Some(server.known_hosts_file()),
         ssh_config: Some(server.ssh_config()),
+        sessions: None,
     }
 }
 
@@ -74,13 +75,15 @@ fn objects_keep_the_backend_contract() {
 fn of_many_writers_racing_for_one_key_exactly_one_creates_it() {
     let Some(server) = sftp::server() else { return };
     let url = server.new_location();
+    // Writers on four connections (four sftp-server processes) and on one.
     let b = open(&url, settings(server)).unwrap();
+    let one = open(&url, SftpSettings { sessions: Some(1), ..settings(server) }).unwrap();
     for round in 0..5 {
         let key = format!("manifests/ds/race{round}");
         let outcomes: Vec<PutOutcome> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..8u8)
                 .map(|i| {
-                    let b = &b;
+                    let b = if i % 2 == 0 { &b } else { &one };
                     let key = &key;
                     s.spawn(move || b.put_if_absent(key, &[i; 3000]).unwrap())
                 })
@@ -180,6 +183,9 @@ fn a_connection_cut_in_the_middle_of_a_backup_is_made_again() {
         .cmd()
         .env("N2S_CONFIG", &config)
         .env("N2S_RETRY_BASE_MS", "50")
+        // Each cut breaks all four connections; requests take them in turn,
+        // so a retry may meet another broken one before a fresh one.
+        .env("N2S_RETRY_ATTEMPTS", "12")
         .args(["backup", "--dataset", "ds", "--source", "walk", "--snapshot", "s1", "--path"])
         .arg(&src)
         .stderr(std::process::Stdio::piped())

@@ -149,6 +149,8 @@ pub struct SftpSettings {
     pub known_hosts_file: Option<std::path::PathBuf>,
     /// An ssh_config file to use instead of `~/.ssh/config` (ssh's `-F`).
     pub ssh_config: Option<std::path::PathBuf>,
+    /// SSH connections a run opens (default 4), requests taking them in turn.
+    pub sessions: Option<usize>,
 }
 
 /// How to run rclone for an rclone: repository: `[rclone]` and `N2S_RCLONE_*`.

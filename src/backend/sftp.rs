@@ -51,6 +51,12 @@ use super::{BResult, Backend, BackendError, ObjectInfo, PutOutcome, SftpSettings
 /// killed agent leaves running.
 const CONTROL_PERSIST_SECS: usize = 5;
 
+/// SSH connections per run (`[sftp] sessions`): measured on loopback, one
+/// connection left restic ahead on a 1 GiB backup; four spread the
+/// server's and the client's work over the cores.
+const DEFAULT_SESSIONS: usize = 4;
+const MAX_SESSIONS: usize = 16;
+
 /// Bytes per read or write request: OpenSSH's limit (limits@openssh.com
 /// says 261120 for both). A larger piece is still right, only split again
 /// by the client, one request after another.
@@ -123,9 +129,15 @@ pub struct SftpBackend {
     url: SftpUrl,
     builder: SessionBuilder,
     location: String,
-    /// The live connection; `None` after it broke (the next request
-    /// connects again, so the retry decorator can heal a dropped link).
-    conn: Mutex<Option<Arc<Sftp>>>,
+    /// The SSH connections, each with its own SFTP channel and so its own
+    /// sftp-server process on the host: one server process handles its
+    /// requests one at a time (an fsync of a 16 MiB pack holds up
+    /// everything behind it), and one ssh client encrypts on one core.
+    /// Requests take them in turn. `None`: not connected yet, or broke (the
+    /// next request connects again, so the retry decorator heals a dropped
+    /// link).
+    conns: Vec<Mutex<Option<Arc<Sftp>>>>,
+    next: std::sync::atomic::AtomicUsize,
     /// Directories known to exist (made or seen), so a put does not ask.
     dirs: Mutex<HashSet<String>>,
     said_no_hardlink: AtomicBool,
@@ -189,7 +201,10 @@ impl SftpBackend {
             url: parsed,
             builder: b,
             location,
-            conn: Mutex::new(None),
+            conns: (0..settings.sessions.unwrap_or(DEFAULT_SESSIONS).clamp(1, MAX_SESSIONS))
+                .map(|_| Mutex::new(None))
+                .collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
             dirs: Mutex::new(HashSet::new()),
             said_no_hardlink: AtomicBool::new(false),
             connected_once: AtomicBool::new(false),
@@ -197,7 +212,7 @@ impl SftpBackend {
         };
         // Connect now: a wrong host, key or host key is one clear error at
         // once, not a retried failure of the first request.
-        backend.connection().map_err(|e| anyhow::anyhow!("{e}"))?;
+        backend.connect_slot(0).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(backend)
     }
 
@@ -205,9 +220,14 @@ impl SftpBackend {
         self.rt.handle().block_on(f)
     }
 
-    /// The live connection, connecting when there is none.
-    fn connection(&self) -> BResult<Arc<Sftp>> {
-        let mut guard = self.conn.lock().map_err(|_| anyhow::anyhow!("SFTP connection lock poisoned"))?;
+    /// The next connection in turn, connecting it when it is not.
+    fn connection(&self) -> BResult<(usize, Arc<Sftp>)> {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        Ok((slot, self.connect_slot(slot)?))
+    }
+
+    fn connect_slot(&self, slot: usize) -> BResult<Arc<Sftp>> {
+        let mut guard = self.conns[slot].lock().map_err(|_| anyhow::anyhow!("SFTP connection lock poisoned"))?;
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
@@ -215,10 +235,17 @@ impl SftpBackend {
         let sftp = self.block_on(async {
             let session = self.builder.connect(dest).await.map_err(|e| self.connect_error(e))?;
             Sftp::from_session(session, SftpOptions::default()).await.map_err(|e| {
-                BackendError::Other(anyhow::anyhow!(
-                    "{}: the server has no SFTP subsystem ({e}): enable `Subsystem sftp` in its sshd_config",
+                let err = anyhow::anyhow!(
+                    "{}: cannot start the SFTP subsystem ({e}): check that the server's sshd_config has `Subsystem sftp`",
                     self.location
-                ))
+                );
+                // Once a run was connected, the subsystem exists: this was
+                // the link dropping under the new channel, worth a retry.
+                if self.connected_once.load(Ordering::Relaxed) {
+                    BackendError::Transient(err)
+                } else {
+                    BackendError::Other(err)
+                }
             })
         })?;
         let sftp = Arc::new(sftp);
@@ -263,8 +290,8 @@ impl SftpBackend {
     }
 
     /// Forget a connection that broke, so the next request makes a new one.
-    fn drop_connection(&self, broken: &Arc<Sftp>) {
-        if let Ok(mut g) = self.conn.lock()
+    fn drop_connection(&self, slot: usize, broken: &Arc<Sftp>) {
+        if let Ok(mut g) = self.conns[slot].lock()
             && g.as_ref().is_some_and(|c| Arc::ptr_eq(c, broken))
         {
             *g = None;
@@ -294,13 +321,13 @@ impl SftpBackend {
         F: FnOnce(Arc<Sftp>) -> Fut,
         Fut: std::future::Future<Output = Result<T, SftpError>>,
     {
-        let conn = self.connection()?;
+        let (slot, conn) = self.connection()?;
         match self.block_on(f(conn.clone())) {
             Ok(v) => Ok(v),
             Err(e) => {
                 let mapped = self.map_err(what, e);
                 if is_connection_error_kind(&mapped) {
-                    self.drop_connection(&conn);
+                    self.drop_connection(slot, &conn);
                 }
                 Err(mapped.0)
             }
@@ -526,12 +553,16 @@ impl Drop for SftpBackend {
     fn drop(&mut self) {
         // Close the channel and the master connection cleanly (ssh -O exit),
         // rather than leaving ssh to notice.
-        if let Ok(mut g) = self.conn.lock()
-            && let Some(c) = g.take()
-            && let Ok(sftp) = Arc::try_unwrap(c)
-        {
-            let _ =
-                self.rt.handle().block_on(async { tokio::time::timeout(Duration::from_secs(10), sftp.close()).await });
+        for conn in &self.conns {
+            if let Ok(mut g) = conn.lock()
+                && let Some(c) = g.take()
+                && let Ok(sftp) = Arc::try_unwrap(c)
+            {
+                let _ = self
+                    .rt
+                    .handle()
+                    .block_on(async { tokio::time::timeout(Duration::from_secs(10), sftp.close()).await });
+            }
         }
     }
 }

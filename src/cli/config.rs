@@ -92,6 +92,8 @@ pub struct SftpConfig {
     pub identity_file: Option<PathBuf>,
     pub known_hosts_file: Option<PathBuf>,
     pub ssh_config: Option<PathBuf>,
+    /// SSH connections per run, 1 to 16 (default 4).
+    pub sessions: Option<usize>,
 }
 
 /// `[rclone]`: which rclone runs for an rclone: repository, with which
@@ -186,6 +188,11 @@ impl FileConfig {
         {
             anyhow::bail!("config file {origin}: connections = {n}: give 1 to {MAX_CONNECTIONS}");
         }
+        if let Some(n) = cfg.sftp.as_ref().and_then(|s| s.sessions)
+            && !(1..=16).contains(&n)
+        {
+            anyhow::bail!("config file {origin}: [sftp] sessions = {n}: give 1 to 16 (default 4)");
+        }
         if let Some(0) = cfg.request_timeout_secs {
             anyhow::bail!(
                 "config file {origin}: request_timeout_secs = 0: give the seconds one backend request may take (default 120)"
@@ -267,6 +274,7 @@ impl Settings {
             identity_file: g.sftp_identity_file.clone().or(sftp.identity_file),
             known_hosts_file: g.sftp_known_hosts_file.clone().or(sftp.known_hosts_file),
             ssh_config: g.ssh_config.clone().or(sftp.ssh_config),
+            sessions: sftp.sessions,
         };
         let rclone = file.rclone.clone().unwrap_or_default();
         let rclone = crate::backend::RcloneSettings {
