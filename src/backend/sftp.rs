@@ -133,11 +133,12 @@ pub struct SftpBackend {
     /// sftp-server process on the host: one server process handles its
     /// requests one at a time (an fsync of a 16 MiB pack holds up
     /// everything behind it), and one ssh client encrypts on one core.
-    /// Requests take them in turn. `None`: not connected yet, or broke (the
+    /// Opened as parallel work needs them (`connection`). `None`: not connected yet, or broke (the
     /// next request connects again, so the retry decorator heals a dropped
     /// link).
     conns: Vec<Mutex<Option<Arc<Sftp>>>>,
-    next: std::sync::atomic::AtomicUsize,
+    /// Requests in flight on each connection.
+    busy: Vec<std::sync::atomic::AtomicUsize>,
     /// Directories known to exist (made or seen), so a put does not ask.
     dirs: Mutex<HashSet<String>>,
     said_no_hardlink: AtomicBool,
@@ -204,7 +205,9 @@ impl SftpBackend {
             conns: (0..settings.sessions.unwrap_or(DEFAULT_SESSIONS).clamp(1, MAX_SESSIONS))
                 .map(|_| Mutex::new(None))
                 .collect(),
-            next: std::sync::atomic::AtomicUsize::new(0),
+            busy: (0..settings.sessions.unwrap_or(DEFAULT_SESSIONS).clamp(1, MAX_SESSIONS))
+                .map(|_| std::sync::atomic::AtomicUsize::new(0))
+                .collect(),
             dirs: Mutex::new(HashSet::new()),
             said_no_hardlink: AtomicBool::new(false),
             connected_once: AtomicBool::new(false),
@@ -220,9 +223,18 @@ impl SftpBackend {
         self.rt.handle().block_on(f)
     }
 
-    /// The next connection in turn, connecting it when it is not.
+    /// A connection for the next request: an idle connected one; else one
+    /// not connected yet (more requests are in flight than connections:
+    /// open another); else the least busy. A run of one request after
+    /// another so keeps one connection, and only parallel work pays for
+    /// more handshakes.
     fn connection(&self) -> BResult<(usize, Arc<Sftp>)> {
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        let connected: Vec<bool> = self.conns.iter().map(|c| c.lock().is_ok_and(|g| g.is_some())).collect();
+        let load = |i: usize| self.busy[i].load(Ordering::Relaxed);
+        let slot = (0..self.conns.len())
+            .find(|&i| connected[i] && load(i) == 0)
+            .or_else(|| (0..self.conns.len()).find(|&i| !connected[i]))
+            .unwrap_or_else(|| (0..self.conns.len()).min_by_key(|&i| load(i)).unwrap_or(0));
         Ok((slot, self.connect_slot(slot)?))
     }
 
@@ -322,7 +334,10 @@ impl SftpBackend {
         Fut: std::future::Future<Output = Result<T, SftpError>>,
     {
         let (slot, conn) = self.connection()?;
-        match self.block_on(f(conn.clone())) {
+        self.busy[slot].fetch_add(1, Ordering::Relaxed);
+        let result = self.block_on(f(conn.clone()));
+        self.busy[slot].fetch_sub(1, Ordering::Relaxed);
+        match result {
             Ok(v) => Ok(v),
             Err(e) => {
                 let mapped = self.map_err(what, e);
