@@ -115,3 +115,63 @@ fn prune_unpins_what_it_deletes_runs_the_gc_and_what_is_kept_restores() {
     let v = env.ok(["verify", "--level", "full", "--json"]);
     assert!(v.contains("\"ok\": true") || v.contains("\"ok\":true"), "{v}");
 }
+
+/// Each pack's CID is recorded in the local index as the backup uploads it,
+/// and `restore --ipfs-gateway` fetches the packs by CID from an HTTP
+/// gateway: with every pack read from the node itself failing, the restore
+/// is still whole. A rebuilt index (no CIDs recorded) asks the node once per
+/// pack and then does the same.
+#[test]
+fn packs_are_recorded_by_cid_and_a_restore_fetches_them_from_a_gateway() {
+    let Some(node) = ipfs::server() else { return };
+    let _shared = GC.read().unwrap_or_else(|e| e.into_inner());
+    let env = Env::on(Target::Ipfs).unwrap();
+    env.init();
+    let src = some_files(&env, 8);
+    let out = env.backup_small_packs("d", &src, "s1", 256);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let b = IpfsBackend::open(env.url.as_deref().unwrap()).unwrap();
+    let packs: Vec<_> = b.list_cids("data/").unwrap();
+    assert!(packs.len() > 1, "{packs:?}");
+    // The index holds the same CIDs.
+    let index = common::files_under(&env.state).into_iter().find(|p| p.ends_with("index.sqlite")).unwrap();
+    let recorded = std::process::Command::new("sqlite3")
+        .arg(&index)
+        .arg("SELECT content_address FROM packs WHERE content_address IS NOT NULL")
+        .output()
+        .unwrap();
+    let recorded = String::from_utf8_lossy(&recorded.stdout).into_owned();
+    for p in &packs {
+        assert!(recorded.contains(&p.cid), "{} ({}) not recorded: {recorded}", p.key, p.cid);
+    }
+    let gateway = format!("http://127.0.0.1:{}", node.gateway_port);
+    let from_gateway = |target: &std::path::Path| {
+        env.cmd()
+            .env("N2S_FAULT_BACKEND", "get:fatal:after:0@data/")
+            .args(["restore", "s1", "--dataset", "d", "--ipfs-gateway", &gateway, "--target"])
+            .arg(target)
+            .output()
+            .unwrap()
+    };
+    // Without the gateway the same restore fails: the fault is real.
+    let t0 = env.path("t0");
+    let out = env
+        .cmd()
+        .env("N2S_FAULT_BACKEND", "get:fatal:after:0@data/")
+        .args(["restore", "s1", "--dataset", "d", "--target"])
+        .arg(&t0)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a restore without the gateway read the packs anyway");
+    let t = env.path("t1");
+    let out = from_gateway(&t);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_tree(&src, &t);
+    // A rebuilt index learns the CIDs from the node, then reads the gateway.
+    std::fs::remove_dir_all(&env.state).unwrap();
+    env.ok(["catalog", "rebuild"]);
+    let t = env.path("t2");
+    let out = from_gateway(&t);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_tree(&src, &t);
+}

@@ -149,6 +149,9 @@ impl Backend for CountingBackend {
     fn cleanup_interrupted(&self) -> BResult<u64> {
         self.inner.cleanup_interrupted()
     }
+    fn content_address(&self, key: &str) -> BResult<Option<String>> {
+        self.inner.content_address(key)
+    }
     fn requests(&self) -> Option<RequestCounts> {
         Some(self.counter.snapshot())
     }

@@ -296,6 +296,9 @@ impl Backend for FaultBackend {
     fn cleanup_interrupted(&self) -> BResult<u64> {
         self.inner.cleanup_interrupted()
     }
+    fn content_address(&self, key: &str) -> BResult<Option<String>> {
+        self.inner.content_address(key)
+    }
 }
 
 #[cfg(test)]

@@ -513,6 +513,9 @@ impl Backend for IpfsBackend {
     fn location(&self) -> String {
         self.location.clone()
     }
+    fn content_address(&self, key: &str) -> BResult<Option<String>> {
+        self.cid(key).map(Some)
+    }
 
     fn is_remote(&self) -> bool {
         true
@@ -893,5 +896,148 @@ mod tests {
         let msg = e.to_string();
         assert!(!msg.contains('\n'), "{msg}");
         assert!(msg.contains(&format!("127.0.0.1:{port}")) && msg.contains("start the node"), "{msg}");
+    }
+}
+
+/// Reads of the objects whose CIDs are known through an IPFS HTTP gateway
+/// (`GET <gateway>/ipfs/<cid>`, with `Range`), everything else through the
+/// repository's own backend. `restore --ipfs-gateway` puts it over the
+/// repository with the pack CIDs of the chunk index, so the bulk of a
+/// restore can come from any gateway that has the blocks (a public one, a
+/// pinning service's, another node's) while the node holding the
+/// repository is slow or far. What a gateway answers is checked as any
+/// read is: every pack's bytes are sealed and named by their hash.
+pub struct GatewayReads {
+    inner: std::sync::Arc<dyn Backend>,
+    agent: ureq::Agent,
+    /// `http://host:port`, no trailing slash.
+    gateway: String,
+    /// Object key → CID.
+    cids: std::collections::HashMap<String, String>,
+}
+
+impl GatewayReads {
+    pub fn new(
+        inner: std::sync::Arc<dyn Backend>,
+        gateway: &str,
+        cids: std::collections::HashMap<String, String>,
+    ) -> anyhow::Result<GatewayReads> {
+        let gateway = gateway.trim_end_matches('/');
+        if !(gateway.starts_with("http://") || gateway.starts_with("https://")) {
+            anyhow::bail!("--ipfs-gateway {gateway:?}: give the gateway's base URL, such as http://127.0.0.1:8080");
+        }
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_global(Some(Duration::from_secs(300)))
+            .build();
+        Ok(GatewayReads { inner, agent: ureq::Agent::new_with_config(config), gateway: gateway.to_string(), cids })
+    }
+
+    fn fetch(&self, cid: &str, key: &str, range: Option<&Range<u64>>) -> BResult<Vec<u8>> {
+        let url = format!("{}/ipfs/{cid}", self.gateway);
+        let mut req = self.agent.get(&url);
+        if let Some(r) = range {
+            if r.start >= r.end {
+                return Ok(Vec::new());
+            }
+            req = req.header("Range", &format!("bytes={}-{}", r.start, r.end - 1));
+        }
+        let mut resp = req.call().map_err(|e| {
+            BackendError::Transient(anyhow::anyhow!("IPFS gateway {}: cannot fetch {key} ({cid}): {e}", self.gateway))
+        })?;
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().with_config().limit(u64::MAX).read_to_vec().map_err(|e| {
+            BackendError::Transient(anyhow::anyhow!("IPFS gateway {}: reading {key} ({cid}): {e}", self.gateway))
+        })?;
+        let body = match (status, range) {
+            (206, _) | (200, None) => body,
+            // A gateway that ignores Range sends the whole object.
+            (200, Some(r)) => {
+                let (a, b) = (r.start as usize, r.end as usize);
+                if b > body.len() {
+                    return Err(BackendError::Other(anyhow::anyhow!(
+                        "IPFS gateway {}: {key} ({cid}) is {} bytes, shorter than the range asked for",
+                        self.gateway,
+                        body.len()
+                    )));
+                }
+                body[a..b].to_vec()
+            }
+            (404, _) => return Err(BackendError::NotFound(key.to_string())),
+            (429 | 500..=599, _) => {
+                return Err(BackendError::Transient(anyhow::anyhow!(
+                    "IPFS gateway {} answered {status} for {key} ({cid})",
+                    self.gateway
+                )));
+            }
+            _ => {
+                return Err(BackendError::Other(anyhow::anyhow!(
+                    "IPFS gateway {} answered {status} for {key} ({cid}): check --ipfs-gateway",
+                    self.gateway
+                )));
+            }
+        };
+        if let Some(r) = range
+            && body.len() as u64 != r.end - r.start
+        {
+            return Err(BackendError::Transient(anyhow::anyhow!(
+                "IPFS gateway {}: {key} ({cid}): asked for {} bytes, got {}",
+                self.gateway,
+                r.end - r.start,
+                body.len()
+            )));
+        }
+        Ok(body)
+    }
+}
+
+impl Backend for GatewayReads {
+    fn location(&self) -> String {
+        format!("{} (packs through {})", self.inner.location(), self.gateway)
+    }
+    fn put_if_absent(&self, key: &str, data: &[u8]) -> BResult<PutOutcome> {
+        self.inner.put_if_absent(key, data)
+    }
+    fn put_shared(&self, key: &str, data: std::sync::Arc<Vec<u8>>) -> BResult<PutOutcome> {
+        self.inner.put_shared(key, data)
+    }
+    fn get(&self, key: &str, range: Option<Range<u64>>) -> BResult<Vec<u8>> {
+        match self.cids.get(key) {
+            // A gateway that cannot serve it (not found, down) leaves the
+            // read to the repository's own backend.
+            Some(cid) => match self.fetch(cid, key, range.as_ref()) {
+                Ok(b) => Ok(b),
+                Err(e) => {
+                    log::warn!("{e}; reading it from {} instead", self.inner.location());
+                    self.inner.get(key, range)
+                }
+            },
+            None => self.inner.get(key, range),
+        }
+    }
+    fn list(&self, prefix: &str) -> BResult<Vec<ObjectInfo>> {
+        self.inner.list(prefix)
+    }
+    fn stat(&self, key: &str) -> BResult<Option<u64>> {
+        self.inner.stat(key)
+    }
+    fn delete(&self, key: &str) -> BResult<()> {
+        self.inner.delete(key)
+    }
+    fn delete_many(&self, keys: &[String]) -> BResult<()> {
+        self.inner.delete_many(keys)
+    }
+    fn cleanup_interrupted(&self) -> BResult<u64> {
+        self.inner.cleanup_interrupted()
+    }
+    fn content_address(&self, key: &str) -> BResult<Option<String>> {
+        self.inner.content_address(key)
+    }
+    fn requests(&self) -> Option<RequestCounts> {
+        self.inner.requests()
+    }
+    fn is_remote(&self) -> bool {
+        true
     }
 }

@@ -99,6 +99,14 @@ pub trait Backend: Send + Sync {
     fn cleanup_interrupted(&self) -> BResult<u64> {
         Ok(0)
     }
+    /// The backend's own name for the bytes of an object, where it has
+    /// one (IPFS: the CID, base32 CIDv1), so they can be fetched by it
+    /// elsewhere (any IPFS gateway); `None` for backends without one, at no
+    /// request. Decorators must forward it.
+    fn content_address(&self, key: &str) -> BResult<Option<String>> {
+        let _ = key;
+        Ok(None)
+    }
     /// The requests made so far, when something counts them: a backend
     /// that knows its real requests (HTTP requests, multipart parts, list
     /// pages) answers its own; decorators forward the inner answer, and

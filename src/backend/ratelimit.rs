@@ -105,6 +105,9 @@ impl Backend for RateLimitBackend {
     fn cleanup_interrupted(&self) -> BResult<u64> {
         self.inner.cleanup_interrupted()
     }
+    fn content_address(&self, key: &str) -> BResult<Option<String>> {
+        self.inner.content_address(key)
+    }
     fn requests(&self) -> Option<RequestCounts> {
         self.inner.requests()
     }

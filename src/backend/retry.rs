@@ -128,6 +128,9 @@ impl Backend for RetryBackend {
     fn cleanup_interrupted(&self) -> BResult<u64> {
         self.run("cleaning up", "interrupted uploads", || self.inner.cleanup_interrupted())
     }
+    fn content_address(&self, key: &str) -> BResult<Option<String>> {
+        self.run("asking the address of", key, || self.inner.content_address(key))
+    }
 }
 
 #[cfg(test)]

@@ -227,6 +227,10 @@ impl Backend for TimeoutBackend {
     fn cleanup_interrupted(&self) -> BResult<u64> {
         self.call("cleaning up", "interrupted uploads", true, move |b| b.cleanup_interrupted())
     }
+    fn content_address(&self, key: &str) -> BResult<Option<String>> {
+        let k = key.to_string();
+        self.call("asking the address of", key, false, move |b| b.content_address(&k))
+    }
     fn requests(&self) -> Option<RequestCounts> {
         self.inner.requests()
     }

@@ -89,6 +89,30 @@ impl ChunkIndex {
         tx.commit().db(&self.path)
     }
 
+    /// Record the backend's own name for a pack's bytes (an IPFS CID).
+    pub fn set_content_address(&mut self, id: &PackId, address: &str) -> Result<()> {
+        let mut st = self.conn.prepare_cached("UPDATE packs SET content_address = ?2 WHERE id = ?1").db(&self.path)?;
+        st.execute(params![&id.0[..], address]).db(&self.path)?;
+        Ok(())
+    }
+
+    /// Every pack with a recorded content address: (pack, address).
+    pub fn content_addresses(&self) -> Result<Vec<(PackId, String)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, content_address FROM packs WHERE content_address IS NOT NULL")
+            .db(&self.path)?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))).db(&self.path)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, addr) = row.db(&self.path)?;
+            if let Ok(arr) = id.try_into() {
+                out.push((PackId(arr), addr));
+            }
+        }
+        Ok(out)
+    }
+
     /// Has this index read (or written) the summary with this key?
     pub fn knows_summary(&self, key: &str) -> Result<bool> {
         let mut st = self.conn.prepare_cached("SELECT 1 FROM summaries WHERE key = ?1").db(&self.path)?;

@@ -189,6 +189,11 @@ pub const INDEX_MIGRATIONS: &[&str] = &[
         first_seen INTEGER NOT NULL        -- prune marks none younger than its grace
     ) WITHOUT ROWID;
     "#,
+    // 5: the backend's own name for a pack's bytes, where it has one (an
+    // IPFS CID), so a restore can fetch the pack from any IPFS gateway.
+    r#"
+    ALTER TABLE packs ADD COLUMN content_address TEXT;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection, steps: &[&str], what: &str, path: &Path) -> Result<()> {

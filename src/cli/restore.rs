@@ -28,10 +28,14 @@ pub struct RestoreArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Fetch packs by their CID from this IPFS HTTP gateway
+    /// (http://HOST:PORT), the rest from the ipfs:// repository itself.
+    #[arg(long, env = "N2S_IPFS_GATEWAY", value_name = "URL")]
+    pub ipfs_gateway: Option<String>,
 }
 
 pub fn run(g: &GlobalArgs, a: RestoreArgs) -> Result<ExitCode> {
-    let ctx = Ctx::open(g)?;
+    let mut ctx = Ctx::open(g)?;
     let dataset = match a.dataset.clone() {
         Some(d) => d,
         None => {
@@ -54,6 +58,9 @@ pub fn run(g: &GlobalArgs, a: RestoreArgs) -> Result<ExitCode> {
     }
     let cat = ctx.existing_catalog(&dataset)?;
     let cs = find_changeset(&cat, &a.snapshot)?;
+    if let Some(gw) = &a.ipfs_gateway {
+        through_gateway(&mut ctx, gw)?;
+    }
     let paths = a
         .paths
         .iter()
@@ -110,4 +117,44 @@ pub fn run(g: &GlobalArgs, a: RestoreArgs) -> Result<ExitCode> {
         );
     }
     super::ok()
+}
+
+/// `--ipfs-gateway`: packs are read by CID from the gateway. The CIDs are
+/// the index's (recorded at upload); a pack without one (a rebuilt index)
+/// asks the repository for it once, and keeps it.
+fn through_gateway(ctx: &mut Ctx, gateway: &str) -> Result<()> {
+    #[cfg(feature = "ipfs")]
+    {
+        let mut index = crate::catalog::index::ChunkIndex::open(&ctx.state.index_db())?;
+        let mut cids: std::collections::HashMap<String, String> =
+            index.content_addresses()?.into_iter().map(|(p, c)| (p.object_key(), c)).collect();
+        for (pack, _) in index.packs()? {
+            let key = pack.object_key();
+            if cids.contains_key(&key) {
+                continue;
+            }
+            match ctx.repo.backend.content_address(&key) {
+                Ok(Some(cid)) => {
+                    index.set_content_address(&pack, &cid)?;
+                    cids.insert(key, cid);
+                }
+                Ok(None) => anyhow::bail!(
+                    "--ipfs-gateway: {} has no CIDs (it is not an ipfs:// repository): drop --ipfs-gateway",
+                    ctx.repo.backend.location()
+                ),
+                Err(e) => log::warn!("pack {key}: no CID ({e}): it is read from the repository"),
+            }
+        }
+        let repo = std::sync::Arc::get_mut(&mut ctx.repo)
+            .ok_or_else(|| anyhow::anyhow!("internal error: the repository is shared before the restore"))?;
+        repo.backend =
+            std::sync::Arc::new(crate::backend::ipfs::GatewayReads::new(repo.backend.clone(), gateway, cids)?);
+        log::info!("packs come from the IPFS gateway {gateway}, by CID");
+        Ok(())
+    }
+    #[cfg(not(feature = "ipfs"))]
+    {
+        let _ = (ctx, gateway);
+        Err(UsageError("--ipfs-gateway: this n2s-agent was built without the `ipfs` feature".into()).into())
+    }
 }

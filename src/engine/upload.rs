@@ -144,6 +144,8 @@ struct PackJob {
     pack: FinishedPack,
     /// Bytes of the pack, kept when its body goes to the backend.
     size: u64,
+    /// The backend's own name for the stored bytes (an IPFS CID).
+    address: Option<String>,
 }
 
 enum ToCommitter {
@@ -376,6 +378,18 @@ pub fn upload_changeset(
                     match stored {
                         Ok(_) => {
                             fault::hit("pack-uploaded");
+                            // A pack without its address is still stored:
+                            // the address is for fetching it elsewhere.
+                            job.address = match repo.backend.content_address(&job.pack.id.object_key()) {
+                                Ok(a) => a,
+                                Err(e) => {
+                                    log::warn!(
+                                        "pack {}: its content address is unknown: {e}",
+                                        job.pack.id.object_key()
+                                    );
+                                    None
+                                }
+                            };
                             let seq = job.seq;
                             let _ = commit_tx.send(ToCommitter::Confirmed { seq, job });
                         }
@@ -478,7 +492,12 @@ fn run_packer(
                             if builder.len() >= pack_target {
                                 let full = std::mem::replace(&mut builder, PackBuilder::new(pack_target + (4 << 20)));
                                 if pack_tx
-                                    .send(PackJob { seq: pack_seq, pack: full.finish(&repo.sealer), size: 0 })
+                                    .send(PackJob {
+                                        seq: pack_seq,
+                                        pack: full.finish(&repo.sealer),
+                                        size: 0,
+                                        address: None,
+                                    })
                                     .is_err()
                                 {
                                     return Ok(());
@@ -496,7 +515,12 @@ fn run_packer(
                         if waiting_on_open >= MAX_WAITING_ON_OPEN_PACK && !builder.is_empty() {
                             let full = std::mem::replace(&mut builder, PackBuilder::new(pack_target + (4 << 20)));
                             if pack_tx
-                                .send(PackJob { seq: pack_seq, pack: full.finish(&repo.sealer), size: 0 })
+                                .send(PackJob {
+                                    seq: pack_seq,
+                                    pack: full.finish(&repo.sealer),
+                                    size: 0,
+                                    address: None,
+                                })
                                 .is_err()
                             {
                                 return Ok(());
@@ -532,7 +556,7 @@ fn run_packer(
         }
     }
     if !builder.is_empty() {
-        let _ = pack_tx.send(PackJob { seq: pack_seq, pack: builder.finish(&repo.sealer), size: 0 });
+        let _ = pack_tx.send(PackJob { seq: pack_seq, pack: builder.finish(&repo.sealer), size: 0, address: None });
     }
     Ok(())
 }
@@ -591,6 +615,9 @@ fn run_committer(
             }
             ToCommitter::Confirmed { seq, job } => {
                 index.add_pack(&job.pack.id, job.size, &job.pack.entries, now())?;
+                if let Some(a) = &job.address {
+                    index.set_content_address(&job.pack.id, a)?;
+                }
                 catalog.add_uploaded(cs, job.size)?;
                 report.bytes_uploaded += job.size;
                 report.packs += 1;

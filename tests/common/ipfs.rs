@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 pub struct Server {
     pub port: u16,
+    /// The node's HTTP gateway (`/ipfs/<cid>`), on 127.0.0.1 too.
+    pub gateway_port: u16,
     /// The node's directory (its repository, config and log).
     pub dir: PathBuf,
 }
@@ -46,11 +48,11 @@ pub fn rpc(port: u16, cmd: &str, query: &str) -> std::io::Result<(u16, String)> 
 
 /// The command that starts a node with its API on 127.0.0.1:`port` and its
 /// repository in `dir` (initialised on first start).
-pub fn node_command(dir: &Path, port: u16) -> Command {
+pub fn node_command(dir: &Path, port: u16, gateway_port: u16) -> Command {
     let polyfill = dir.join("polyfill.js");
     std::fs::write(&polyfill, POLYFILL).expect("polyfill");
     let config = format!(
-        r#"{{"Addresses":{{"API":"/ip4/127.0.0.1/tcp/{port}","Gateway":"","RPC":"","Swarm":[],"Announce":[],"Delegates":[]}},"Bootstrap":[],"Discovery":{{"MDNS":{{"Enabled":false}},"webRTCStar":{{"Enabled":false}}}}}}"#
+        r#"{{"Addresses":{{"API":"/ip4/127.0.0.1/tcp/{port}","Gateway":"/ip4/127.0.0.1/tcp/{gateway_port}","RPC":"","Swarm":[],"Announce":[],"Delegates":[]}},"Bootstrap":[],"Discovery":{{"MDNS":{{"Enabled":false}},"webRTCStar":{{"Enabled":false}}}}}}"#
     );
     std::fs::write(dir.join("config.json"), config).expect("node config");
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("node.log")).expect("node log");
@@ -87,10 +89,10 @@ fn start() -> Option<Server> {
         return None;
     }
     let dir = tempfile::Builder::new().prefix("n2s-ipfs-").tempdir().expect("node dir").keep();
-    let port = free_port();
-    spawn_kept(node_command(&dir, port));
+    let (port, gateway_port) = (free_port(), free_port());
+    spawn_kept(node_command(&dir, port, gateway_port));
     wait_ready(port, &dir);
-    Some(Server { port, dir })
+    Some(Server { port, gateway_port, dir })
 }
 
 /// This test binary's node (started on first use), or None (said loudly)
