@@ -88,7 +88,7 @@ fn start() -> Option<Server> {
         eprintln!("!!!!!!!! SKIPPED LOUDLY: {} is not installed: run scripts/setup !!!!!!!!", bin.display());
         return None;
     }
-    let dir = tempfile::Builder::new().prefix("n2s-ipfs-").tempdir().expect("node dir").keep();
+    let dir = super::server_dir("ipfs");
     let (port, gateway_port) = (free_port(), free_port());
     spawn_kept(node_command(&dir, port, gateway_port));
     wait_ready(port, &dir);

@@ -260,6 +260,29 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
+/// A directory for a test server's data that outlives the test's own
+/// TempDir (the server dies with the test binary, after it): named by this
+/// binary's pid, so the next binary sweeps those of binaries that are gone.
+pub fn server_dir(kind: &str) -> PathBuf {
+    let root = scratch_root();
+    let prefix = format!("n2s-{kind}-");
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix(&prefix).and_then(|r| r.split('-').next()) else { continue };
+            let Ok(pid) = pid.parse::<u32>() else { continue };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    tempfile::Builder::new()
+        .prefix(&format!("{prefix}{}-", std::process::id()))
+        .tempdir_in(&root)
+        .expect("server dir")
+        .keep()
+}
+
 /// Start a test server that dies with this test binary.
 pub fn spawn_kept(mut cmd: Command) {
     use std::os::unix::process::CommandExt;

@@ -90,8 +90,7 @@ struct Setup {
 fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
-        let dir =
-            tempfile::Builder::new().prefix("n2s-rclone-").tempdir_in(super::scratch_root()).expect("tempdir").keep();
+        let dir = super::server_dir("rclone");
         let mut conf = String::from("[n2s-local]\ntype = local\n\n");
         let sftp = super::sftp::server();
         let sftp_root = sftp.map(|s| {

@@ -84,7 +84,7 @@ fn start(kind: Kind) -> Option<Server> {
         }
         Kind::SeaweedFs => {
             port = free_low_port();
-            let dir = tempfile::Builder::new().prefix("n2s-weed-").tempdir_in(super::scratch_root()).unwrap().keep();
+            let dir = super::server_dir("weed");
             let (m, v, f) = (free_low_port(), free_low_port(), free_low_port());
             cmd.arg("server")
                 .arg("-ip=127.0.0.1")

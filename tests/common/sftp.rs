@@ -69,7 +69,7 @@ fn start_on(port: Option<u16>) -> Option<Server> {
         eprintln!("!!!!!!!! SKIPPED LOUDLY: {SSHD} is not installed: run scripts/setup !!!!!!!!");
         return None;
     }
-    let dir = tempfile::Builder::new().prefix("n2s-sshd-").tempdir_in(super::scratch_root()).expect("tempdir").keep();
+    let dir = super::server_dir("sshd");
     keygen(&dir.join("host_key"));
     keygen(&dir.join("client_key"));
     std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).expect("authorized_keys");
