@@ -765,6 +765,24 @@ fn testnode_command(bin: &std::path::Path, dir: &std::path::Path, port: u16) -> 
 }
 
 #[cfg(test)]
+mod parser_props {
+    //! What the node says (CIDs, URLs) is outside input: parsing never
+    //! panics, whatever it is.
+    use super::*;
+    proptest::proptest! {
+        #[test]
+        fn cid_and_url_parsing_never_panic(s in ".{0,80}", b58 in "Qm[1-9A-HJ-NP-Za-km-z]{0,50}", b32 in "b[a-z2-7]{0,70}") {
+            let _ = cid_to_base32(&s);
+            let _ = cid_to_base32(&b58);
+            if let Ok(c) = cid_to_base32(&b32) {
+                proptest::prop_assert!(c.starts_with('b'));
+            }
+            let _ = parse_url(&format!("ipfs://{s}"));
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;

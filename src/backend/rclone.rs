@@ -825,6 +825,23 @@ impl Backend for RcloneBackend {
 }
 
 #[cfg(test)]
+mod parser_props {
+    //! URLs and rcd's log lines are outside input: parsing never panics,
+    //! and a parsed remote is never empty.
+    use super::*;
+    proptest::proptest! {
+        #[test]
+        fn url_and_log_parsing_never_panic(s in ".{0,80}") {
+            if let Ok((fs, remote)) = parse_url(&format!("rclone:{s}")) {
+                proptest::prop_assert!(!remote.is_empty() && fs.starts_with(&remote));
+            }
+            let _ = served_addr(&s);
+            let _ = served_addr(&format!("NOTICE: Serving remote control on http://{s}"));
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
