@@ -416,3 +416,46 @@ fn a_snapshot_destroyed_before_its_upload_finished_is_abandoned_and_backups_go_o
     assert!(btrfs_backup(&env, &fs).status.success());
     restore_and_compare(&env, &s7, "s7");
 }
+
+#[test]
+fn excludes_apply_to_the_changes_a_send_stream_names() {
+    let Some(fs) = LoopBtrfs::make() else { return };
+    let vol = fs.vol();
+    std::fs::create_dir_all(vol.join("data")).unwrap();
+    std::fs::write(vol.join("data/keep"), b"keep").unwrap();
+    std::fs::write(vol.join("data/old.log"), b"log").unwrap();
+    std::fs::create_dir_all(vol.join("build/obj")).unwrap();
+    std::fs::write(vol.join("build/obj/x.o"), b"obj").unwrap();
+    let s1 = fs.snapshot("s1");
+    let env = Env::new();
+    env.init();
+    let with_excludes = |env: &Env| {
+        let out = btrfs_backup_cmd(env, &fs).args(["--exclude", "*.log", "--exclude-caches"]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    // The first snapshot is walked; the build tree is not excluded yet.
+    with_excludes(&env);
+    // The second is diffed: new and changed paths below an exclude, and a
+    // directory tagged as a cache after the fact, are left out.
+    std::fs::write(vol.join("data/new.log"), b"new").unwrap();
+    std::fs::write(vol.join("data/old.log"), b"changed").unwrap();
+    std::fs::write(vol.join("data/more"), b"more").unwrap();
+    std::fs::write(vol.join("build/CACHEDIR.TAG"), b"Signature: 8a477f597d28d172789f06886806bc55\n").unwrap();
+    std::fs::write(vol.join("build/obj/y.o"), b"obj2").unwrap();
+    fs.snapshot("s2");
+    with_excludes(&env);
+    let list = env.list_json("vol");
+    assert_eq!(list["changesets"][1]["method"], "send", "{list}");
+    let t1 = env.path("r1");
+    let t2 = env.path("r2");
+    env.restore("vol", "s1", &t1);
+    env.restore("vol", "s2", &t2);
+    let rel = |root: &Path| -> Vec<String> {
+        files_under(root).iter().map(|p| p.strip_prefix(root).unwrap().to_string_lossy().into_owned()).collect()
+    };
+    assert_eq!(rel(&t1), ["build/obj/x.o", "data/keep"]);
+    assert_eq!(rel(&t2), ["build/CACHEDIR.TAG", "data/keep", "data/more"]);
+    assert!(!t2.join("build/obj").exists(), "the cache's contents left the newer snapshot");
+    assert_eq!(std::fs::read(t2.join("data/more")).unwrap(), b"more");
+    drop(s1);
+}

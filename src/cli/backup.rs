@@ -3,6 +3,7 @@
 use anyhow::Result;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use super::config::{DatasetConfig, SourceKind};
 use super::output::human_bytes;
@@ -11,6 +12,7 @@ use crate::catalog::Catalog;
 use crate::engine::backup::{BackupOptions, ChangesetSummary, backup_dataset};
 use crate::source::ChangeSource;
 use crate::source::btrfs::BtrfsSource;
+use crate::source::exclude::Excludes;
 use crate::source::walk::WalkSource;
 
 #[derive(clap::Args)]
@@ -42,6 +44,14 @@ pub struct BackupArgs {
     /// file) and prune (default grace).
     #[arg(long)]
     pub prune: bool,
+    /// Leave out paths this glob names (repeatable; added to the
+    /// dataset's `exclude`): `*.tmp` matches a name at any depth,
+    /// `/var/cache` or `home/*/Downloads` a path from the dataset's root.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Leave out the contents of directories that hold a CACHEDIR.TAG.
+    #[arg(long)]
+    pub exclude_caches: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -101,7 +111,12 @@ fn walk_label(ctx: &Ctx, dataset: &str, given: Option<&str>) -> Result<String> {
     Ok(label)
 }
 
-fn make_source(ctx: &Ctx, d: &DatasetConfig, label: Option<&str>) -> Result<Box<dyn ChangeSource>> {
+fn make_source(
+    ctx: &Ctx,
+    d: &DatasetConfig,
+    label: Option<&str>,
+    excludes: &Arc<Excludes>,
+) -> Result<Box<dyn ChangeSource>> {
     match d.source {
         SourceKind::Walk => {
             let path = d.path.clone().ok_or_else(|| {
@@ -118,7 +133,7 @@ fn make_source(ctx: &Ctx, d: &DatasetConfig, label: Option<&str>) -> Result<Box<
             if !path.is_dir() {
                 anyhow::bail!("dataset {:?}: {} is not a directory: check --path", d.name, path.display());
             }
-            Ok(Box::new(WalkSource::new(&path, walk_label(ctx, &d.name, label)?)))
+            Ok(Box::new(WalkSource::new(&path, walk_label(ctx, &d.name, label)?).with_excludes(excludes.clone())))
         }
         SourceKind::Btrfs => {
             let path = d.path.clone().ok_or_else(|| {
@@ -212,7 +227,8 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
     let mut abandoned = Vec::new();
     let mut errors = Vec::new();
     for d in &specs {
-        let result = make_source(&ctx, d, a.snapshot.as_deref()).and_then(|mut src| {
+        let result = d.excludes(&a.exclude, a.exclude_caches).map(Arc::new).and_then(|excludes| {
+            let mut src = make_source(&ctx, d, a.snapshot.as_deref(), &excludes)?;
             if a.take_snapshot {
                 let name = a
                     .snapshot
@@ -225,6 +241,7 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
             // is every real snapshot (btrfs, zfs).
             let mut opts = opts.clone();
             opts.skip_unchanged = a.snapshot.is_none() && d.source == SourceKind::Walk;
+            opts.excludes = excludes.clone();
             let done = backup_dataset(&ctx.repo, &ctx.state, &d.name, src.as_mut(), &opts)?;
             Ok((done, src.problems()))
         });

@@ -45,9 +45,24 @@ pub struct DatasetConfig {
     pub keep_yearly: Option<u32>,
     /// A duration such as "7d" or "36h".
     pub keep_within: Option<String>,
+    /// Glob patterns left out of the backup (source/exclude.rs has the
+    /// rules); `backup --exclude` adds to them.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Leave out the contents of directories tagged with a CACHEDIR.TAG.
+    pub exclude_caches: Option<bool>,
+    /// walk: stay on the file system of the path (default and only choice:
+    /// another file system is another dataset).
+    pub one_file_system: Option<bool>,
 }
 
 impl DatasetConfig {
+    /// The compiled excludes of this section plus `extra` (flags).
+    pub fn excludes(&self, extra: &[String], exclude_caches: bool) -> Result<crate::source::exclude::Excludes> {
+        let patterns: Vec<String> = self.exclude.iter().chain(extra).cloned().collect();
+        crate::source::exclude::Excludes::new(&patterns, exclude_caches || self.exclude_caches.unwrap_or(false))
+            .map_err(|e| anyhow::anyhow!("dataset {:?}: {e:#}", self.name))
+    }
     /// The retention policy this section sets (possibly none).
     pub fn policy(&self) -> Result<crate::engine::retention::Policy> {
         let keep_within = match &self.keep_within {
@@ -205,6 +220,13 @@ impl FileConfig {
                 anyhow::bail!("config file {origin}: dataset {:?} is defined twice", d.name);
             }
             d.policy().map_err(|e| anyhow::anyhow!("config file {origin}: {e:#}"))?;
+            d.excludes(&[], false).map_err(|e| anyhow::anyhow!("config file {origin}: {e:#}"))?;
+            if d.one_file_system == Some(false) {
+                anyhow::bail!(
+                    "config file {origin}: dataset {:?}: one_file_system = false is not supported: a file system mounted inside the tree is backed up as a dataset of its own (add a [[dataset]] for it)",
+                    d.name
+                );
+            }
         }
         Ok(cfg)
     }

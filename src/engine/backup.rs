@@ -22,7 +22,8 @@ use crate::core::manifest::{
 };
 use crate::model::{ChangeKind, ChunkId, FileType, display_path};
 use crate::repo::Repository;
-use crate::source::{ChangeSource, SnapshotRef};
+use crate::source::exclude::{ExcludeFilter, Excludes};
+use crate::source::{ChangeSource, PriorState, SnapshotRef};
 use crate::state::{DatasetLock, StatePaths};
 use crate::util::{BoundedList, fault, now};
 
@@ -38,6 +39,8 @@ pub struct BackupOptions {
     /// was given no label of its own): a timer that finds nothing new
     /// stores nothing, not even a manifest header.
     pub skip_unchanged: bool,
+    /// What the dataset leaves out (patterns, tagged caches).
+    pub excludes: Arc<Excludes>,
 }
 
 impl Default for BackupOptions {
@@ -47,6 +50,7 @@ impl Default for BackupOptions {
             checkpoint_every: 16,
             chunks_per_record: manifest::CHUNKS_PER_RECORD,
             skip_unchanged: false,
+            excludes: Arc::new(Excludes::default()),
         }
     }
 }
@@ -212,7 +216,7 @@ pub fn backup_dataset(
             started_at: now(),
         })?;
         log::info!("{dataset}: finding changes for snapshot {} (changeset {})", snap.name, row.id);
-        let listed = list_changes(state, &mut catalog, source, &snap, row.id, prior_at)?;
+        let listed = list_changes(state, &mut catalog, source, &snap, row.id, prior_at, &opts.excludes)?;
         if opts.skip_unchanged && prior_at.is_some() && listed.problems.is_empty() && !catalog.has_rows(row.id)? {
             log::info!("{dataset}: nothing changed since the last backup: nothing stored");
             catalog.discard_changeset(row.id)?;
@@ -281,6 +285,7 @@ fn list_changes(
     snap: &SnapshotRef,
     cs: i64,
     prior_at: Option<i64>,
+    excludes: &Excludes,
 ) -> Result<Listed> {
     // Chunks whose every pack is lost: nothing may reference them again.
     let mut orphans: HashSet<ChunkId> = HashSet::new();
@@ -342,7 +347,37 @@ fn list_changes(
         }
         Ok(())
     };
-    let report = source.changes(&prior, snap, &mut emit)?;
+    let report = if excludes.is_empty() {
+        source.changes(&prior, snap, &mut emit)?
+    } else {
+        let mut filter = ExcludeFilter::new(excludes, &snap.root);
+        // Excluded subtrees already taken out of the tree by this run.
+        let mut cut: HashSet<Vec<u8>> = HashSet::new();
+        let mut left_out = 0u64;
+        let mut filtered = |c: crate::model::Change| -> Result<()> {
+            let Some(root) = filter.excluded_root(&c.path) else { return emit(c) };
+            if c.kind == ChangeKind::Removed {
+                // The source takes out what was there before: let it,
+                // unless this run took the whole subtree out already.
+                return if cut.contains(&root) { Ok(()) } else { emit(c) };
+            }
+            left_out += 1;
+            if cut.insert(root.clone()) && prior.entry(&root)?.is_some() {
+                // Backed up before the exclude was added: gone from this
+                // snapshot on, like a removed file (older ones keep it).
+                emit(crate::model::Change { path: root.clone(), kind: ChangeKind::Removed, meta: None })?;
+                prior.for_each_below(&root, &mut |e| {
+                    emit(crate::model::Change { path: e.path, kind: ChangeKind::Removed, meta: None })
+                })?;
+            }
+            Ok(())
+        };
+        let report = source.changes(&prior, snap, &mut filtered)?;
+        if left_out > 0 {
+            log::info!("{}: left out {left_out} changed paths that the excludes name", catalog.dataset());
+        }
+        report
+    };
     catalog.insert_files(&batch)?;
     for u in &report.unreadable {
         problems.push(format!("{}: {}", display_path(&u.path), u.error));

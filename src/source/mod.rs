@@ -5,6 +5,7 @@
 
 pub mod btrfs;
 mod child;
+pub mod exclude;
 pub mod named;
 pub mod spill;
 pub mod walk;

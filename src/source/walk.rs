@@ -18,20 +18,31 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use super::exclude::{CACHEDIR_TAG, Excludes, is_tagged_cache};
 use super::*;
 use crate::fsx::Dir;
 use crate::model::{ChangeKind, FileType, Metadata, display_path, join_path, split_path};
+use std::sync::Arc;
 
 pub struct WalkSource {
     path: PathBuf,
     /// Label of this run (the "snapshot name").
     label: String,
     skip: Option<fn(&Metadata) -> bool>,
+    /// What the dataset leaves out: never descended into.
+    excludes: Option<Arc<Excludes>>,
 }
 
 impl WalkSource {
     pub fn new(path: &Path, label: String) -> WalkSource {
-        WalkSource { path: path.to_path_buf(), label, skip: None }
+        WalkSource { path: path.to_path_buf(), label, skip: None, excludes: None }
+    }
+
+    /// Leave out what `excludes` names (the engine drops it from every
+    /// source's changes too; this only saves the walk below it).
+    pub fn with_excludes(mut self, excludes: Arc<Excludes>) -> WalkSource {
+        self.excludes = (!excludes.is_empty()).then_some(excludes);
+        self
     }
 
     /// Treat entries for which `skip` holds as absent.
@@ -89,6 +100,8 @@ pub struct Walker<'a> {
     /// The device of the tree's root. A directory on another device is a
     /// mount point: recorded by its parent, never descended into.
     pub root_dev: u64,
+    /// Paths a pattern excludes, and tagged caches: treated as absent.
+    pub excludes: Option<Arc<Excludes>>,
 }
 
 /// The device a directory is on (`st_dev`).
@@ -105,7 +118,7 @@ impl<'a> Walker<'a> {
         root: &Dir,
     ) -> Result<Walker<'a>> {
         let root_dev = device_of(root).context("cannot stat the root of the walk")?;
-        Ok(Walker { prior, emit, unreadable: Vec::new(), unreadable_more: 0, skip, root_dev })
+        Ok(Walker { prior, emit, unreadable: Vec::new(), unreadable_more: 0, skip, root_dev, excludes: None })
     }
 
     /// Report a path that could not be looked at; a million of them are
@@ -185,6 +198,8 @@ impl<'a> Walker<'a> {
                     continue;
                 }
             };
+            // A tagged cache keeps its own entry and its tag, nothing else.
+            let cache_dir = self.excludes.as_ref().is_some_and(|e| e.exclude_caches) && is_tagged_cache(&dir);
             let prior_kids = self.prior.children(&path)?;
             let mut prior_by_name: BTreeMap<Vec<u8>, PriorEntry> =
                 prior_kids.into_iter().map(|e| (split_path(&e.path).1.to_vec(), e)).collect();
@@ -192,6 +207,12 @@ impl<'a> Walker<'a> {
             for name in names {
                 let child = join_path(&path, &name);
                 let prior = prior_by_name.remove(&name);
+                if (cache_dir && name != CACHEDIR_TAG) || self.excludes.as_ref().is_some_and(|e| e.matches(&child)) {
+                    if let Some(p) = prior {
+                        self.removed_tree(p)?;
+                    }
+                    continue;
+                }
                 let meta = match dir.metadata_of(&name) {
                     Ok(m) => m,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -279,6 +300,7 @@ impl ChangeSource for WalkSource {
         }
         let mut w = Walker::new(prior, emit, self.skip, &root)
             .with_context(|| format!("cannot stat {}", snap.root.display()))?;
+        w.excludes = self.excludes.clone();
         w.walk_below(root, Vec::new())?;
         Ok(ChangeReport { method: "walk".into(), unreadable: w.unreadable, unreadable_more: w.unreadable_more })
     }
@@ -305,7 +327,7 @@ pub fn walk_snapshot(
     fallback: Option<String>,
     emit: &mut dyn FnMut(Change) -> Result<()>,
 ) -> Result<ChangeReport> {
-    let mut walk = WalkSource { path: snap.root.clone(), label: snap.name.clone(), skip };
+    let mut walk = WalkSource { path: snap.root.clone(), label: snap.name.clone(), skip, excludes: None };
     let report = walk.changes(prior, snap, emit)?;
     let method = match fallback {
         None => "walk (first snapshot)".to_string(),
