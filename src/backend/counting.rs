@@ -16,7 +16,8 @@ use super::*;
 
 /// Requests made to a backend, and body bytes moved. A plain value: a
 /// snapshot of a `RequestCounter`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RequestCounts {
     pub put: u64,
     pub get: u64,

@@ -227,6 +227,8 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
     let mut abandoned = Vec::new();
     let mut errors = Vec::new();
     for d in &specs {
+        let started_at = crate::util::now();
+        let requests_before = ctx.repo.backend.requests().unwrap_or_default();
         let result = d.excludes(&a.exclude, a.exclude_caches).map(Arc::new).and_then(|excludes| {
             let mut src = make_source(&ctx, d, a.snapshot.as_deref(), &excludes)?;
             if a.take_snapshot {
@@ -245,6 +247,33 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
             let done = backup_dataset(&ctx.repo, &ctx.state, &d.name, src.as_mut(), &opts)?;
             Ok((done, src.problems()))
         });
+        let finished_at = crate::util::now();
+        let mut record = super::metrics::RunRecord {
+            started_at,
+            finished_at,
+            requests: ctx.repo.backend.requests().map(|r| r.since(&requests_before)).unwrap_or_default(),
+            ..Default::default()
+        };
+        match &result {
+            Ok((run, source_problems)) => {
+                for s in &run.changesets {
+                    record.changesets += 1;
+                    record.files += s.added + s.modified + s.metadata + s.removed;
+                    record.bytes_read += s.bytes_read;
+                    record.bytes_stored += s.bytes_uploaded;
+                    record.errors += s.problems_total + s.failed;
+                }
+                record.errors += (source_problems.len() + run.abandoned.len()) as u64;
+                record.success = record.errors == 0;
+            }
+            Err(e) => {
+                record.errors = 1;
+                record.last_error = Some(format!("{e:#}"));
+            }
+        }
+        if let Err(e) = super::metrics::save_run(&ctx.state, &d.name, &record) {
+            log::warn!("{}: cannot keep the figures of this run: {e:#}", d.name);
+        }
         match result {
             Ok((run, source_problems)) => {
                 for p in source_problems {
@@ -266,6 +295,7 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
             }
             Err(e) => {
                 if specs.len() == 1 {
+                    super::metrics::write_if_configured(&ctx, std::slice::from_ref(&d.name));
                     return Err(e);
                 }
                 log::error!("{}: {e:#}", d.name);
@@ -273,6 +303,8 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
             }
         }
     }
+    let names: Vec<String> = specs.iter().map(|d| d.name.clone()).collect();
+    super::metrics::write_if_configured(&ctx, &names);
     let (forgot, pruned) = if a.prune && errors.is_empty() { retain(&ctx, &specs)? } else { (Vec::new(), None) };
     // Every request of this run: the backend is opened once per run.
     let requests = ctx.repo.backend.requests();

@@ -147,6 +147,8 @@ pub struct FileConfig {
     /// workers of a restore (default 8 for a remote backend, 2 uploaders
     /// for a local one).
     pub connections: Option<usize>,
+    /// node_exporter textfile written after every backup (`--metrics-file`).
+    pub metrics_file: Option<PathBuf>,
     #[serde(default)]
     pub dataset: Vec<DatasetConfig>,
 }
@@ -255,6 +257,8 @@ pub struct Settings {
     pub limit_download_kib: Option<u64>,
     /// As given; `None`: the backend's default (`connections_for`).
     pub connections: Option<usize>,
+    /// node_exporter textfile to write after a backup.
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -314,6 +318,7 @@ impl Settings {
             limit_upload_kib: limit(g.limit_upload, file.limit_upload_kib),
             limit_download_kib: limit(g.limit_download, file.limit_download_kib),
             connections,
+            metrics_file: g.metrics_file.clone().or_else(|| file.metrics_file.clone()),
             file,
         })
     }

@@ -10,6 +10,7 @@ mod forget;
 mod init;
 mod list;
 mod ls;
+pub mod metrics;
 pub mod output;
 mod prune;
 mod repair;
@@ -102,6 +103,10 @@ pub struct GlobalArgs {
     /// Only warnings and errors on stderr.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// After a backup, write per-dataset figures here in node_exporter's
+    /// textfile format (atomically; also `metrics_file` in the config file).
+    #[arg(long, global = true, env = "N2S_METRICS_FILE", value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
     /// S3 endpoint URL, for servers other than AWS (also AWS_ENDPOINT_URL).
     #[arg(long, global = true, help_heading = "Backend access", env = "N2S_S3_ENDPOINT", value_name = "URL")]
     pub s3_endpoint: Option<String>,

@@ -34,6 +34,8 @@ pub fn run(g: &GlobalArgs, a: StatusArgs) -> Result<ExitCode> {
             None => 0,
         };
         let holds = held_snapshots(&ctx, &ds);
+        // The same figures as the metrics textfile.
+        let metrics = super::metrics::figures(&ctx.state, &ds, crate::util::now())?;
         datasets.push(serde_json::json!({
             "dataset": ds,
             "holds": holds,
@@ -41,6 +43,7 @@ pub fn run(g: &GlobalArgs, a: StatusArgs) -> Result<ExitCode> {
             "last_seen": last_seen.map(|c| c.snapshot.clone()),
             "last_backed_up": last_done.as_ref().map(|c| c.snapshot.clone()),
             "last_confirmed_at": last_done.as_ref().and_then(|c| c.completed_at),
+            "metrics": metrics,
             "unfinished": open.as_ref().map(|o| serde_json::json!({
                 "changeset": o.id, "snapshot": o.snapshot, "status": o.status.as_str(), "files_pending": pending_files,
             })),

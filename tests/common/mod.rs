@@ -706,3 +706,14 @@ impl Paused {
         self.child.wait_with_output().expect("wait for n2s-agent")
     }
 }
+
+/// Whether the Debian tool at `path` is installed; when not, a loud skip
+/// (a failure in CI, where scripts/setup installs it).
+pub fn have_tool(path: &str) -> bool {
+    if Path::new(path).exists() {
+        return true;
+    }
+    assert!(std::env::var("CI").is_err(), "CI must provide {path}: scripts/setup installs it");
+    eprintln!("!!!!!!!! SKIPPED LOUDLY: {path} is not installed: run scripts/setup !!!!!!!!");
+    false
+}
