@@ -9,6 +9,7 @@ pub mod config;
 mod forget;
 mod init;
 mod list;
+mod logging;
 mod ls;
 pub mod metrics;
 pub mod output;
@@ -354,56 +355,6 @@ pub fn find_changeset(cat: &Catalog, snapshot: &str) -> Result<crate::catalog::C
     }
 }
 
-struct StderrLogger {
-    level: log::LevelFilter,
-}
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= self.level
-    }
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            let lvl = match r.level() {
-                log::Level::Error => "error: ",
-                log::Level::Warn => "warning: ",
-                _ => "",
-            };
-            eprintln!("{}n2s-agent: {lvl}{}", journal_priority(r.level()), r.args());
-        }
-    }
-    fn flush(&self) {}
-}
-
-/// Whether stderr is the journal: systemd sets JOURNAL_STREAM to the
-/// device and inode of the stream it connected (systemd.exec(5)); a
-/// redirected stderr of a child no longer matches.
-fn stderr_is_journal() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    static IS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *IS.get_or_init(|| {
-        let Ok(v) = std::env::var("JOURNAL_STREAM") else { return false };
-        let Some((dev, ino)) = v.split_once(':') else { return false };
-        let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else { return false };
-        let Ok(f) = std::fs::File::open("/proc/self/fd/2") else { return false };
-        f.metadata().is_ok_and(|m| m.dev() == dev && m.ino() == ino)
-    })
-}
-
-/// The `<N>` prefix of sd-daemon(3) that gives a line its syslog priority
-/// in the journal (`journalctl -p warning`), or nothing on a terminal.
-fn journal_priority(level: log::Level) -> &'static str {
-    if !stderr_is_journal() {
-        return "";
-    }
-    match level {
-        log::Level::Error => "<3>",
-        log::Level::Warn => "<4>",
-        log::Level::Info => "<6>",
-        _ => "<7>",
-    }
-}
-
 pub fn main() -> ExitCode {
     // SIGPIPE stays ignored (Rust's default): a backend's pipe or socket
     // whose other end died (ssh when a link drops, a server closing a
@@ -433,13 +384,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let level = match (cli.global.quiet, cli.global.verbose) {
-        (true, _) => log::LevelFilter::Warn,
-        (false, 0) => log::LevelFilter::Info,
-        (false, _) => log::LevelFilter::Debug,
-    };
-    let _ = log::set_boxed_logger(Box::new(StderrLogger { level }));
-    log::set_max_level(level);
+    logging::init(cli.global.quiet, cli.global.verbose);
     let g = cli.global.clone();
     signals::install(cli.command.verb());
     let result = match cli.command {
@@ -460,8 +405,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            let line = format!("{e:#}").replace('\n', " ");
-            eprintln!("{}n2s-agent: error: {line}", journal_priority(log::Level::Error));
+            eprintln!("{}", logging::error_line(&e));
             if e.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(2)
             } else if e.downcast_ref::<PartialSuccess>().is_some() {
