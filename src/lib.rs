@@ -11,6 +11,7 @@ pub mod core;
 pub mod engine;
 pub mod fsx;
 pub mod model;
+pub mod progress;
 pub mod repo;
 pub mod source;
 pub mod state;

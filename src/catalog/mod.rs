@@ -625,6 +625,16 @@ impl Catalog {
         self.explain(st.exists(params![cs, path]))
     }
 
+    /// Files of changeset `cs` still waiting for content, and their bytes.
+    pub fn pending_totals(&self, cs: i64) -> Result<(u64, u64)> {
+        let (n, bytes) = self.explain(self.conn.query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM files WHERE changeset = ?1 AND status = 0",
+            params![cs],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        ))?;
+        Ok((n as u64, bytes as u64))
+    }
+
     pub fn count_pending(&self, cs: i64) -> Result<u64> {
         Ok(self.explain(self.conn.query_row(
             "SELECT count(*) FROM files WHERE changeset = ?1 AND status = 0",

@@ -223,6 +223,7 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
         Ok(n) => log::info!("removed {n} interrupted uploads left by an earlier run"),
         Err(e) => log::warn!("cannot clean up interrupted uploads: {e}"),
     }
+    let display = super::progress::Display::start(g.progress, g.quiet, "backup");
     let mut all = Vec::new();
     let mut abandoned = Vec::new();
     let mut errors = Vec::new();
@@ -306,6 +307,7 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
     let names: Vec<String> = specs.iter().map(|d| d.name.clone()).collect();
     super::metrics::write_if_configured(&ctx, &names);
     let (forgot, pruned) = if a.prune && errors.is_empty() { retain(&ctx, &specs)? } else { (Vec::new(), None) };
+    drop(display);
     // Every request of this run: the backend is opened once per run.
     let requests = ctx.repo.backend.requests();
     if a.json {

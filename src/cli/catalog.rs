@@ -27,7 +27,10 @@ pub fn run(g: &GlobalArgs, c: CatalogCommand) -> Result<ExitCode> {
     let CatalogCommand::Rebuild { dataset, salvage, json } = c;
     let ctx = Ctx::open(g)?;
     let mode = if salvage { RebuildMode::Salvage } else { RebuildMode::Strict };
-    let r = crate::engine::rebuild::rebuild(&ctx.repo, &ctx.state, dataset.as_deref(), mode)?;
+    let display = super::progress::Display::start(g.progress, g.quiet, "catalog rebuild");
+    let r = crate::engine::rebuild::rebuild(&ctx.repo, &ctx.state, dataset.as_deref(), mode);
+    drop(display);
+    let r = r?;
     if json {
         let mut v = serde_json::to_value(&r)?;
         // Every request the rebuild made, manifests and segments included.

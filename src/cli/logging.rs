@@ -40,13 +40,34 @@ pub fn init(quiet: bool, verbose: u8) {
         None => EnvFilter::new(default),
     };
     let subscriber = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| AroundProgress)
         .with_env_filter(filter)
         .event_format(LineFormat)
         .finish();
     use tracing_subscriber::util::SubscriberInitExt;
     // Also installs the bridge that turns `log` records into events.
     let _ = subscriber.try_init();
+}
+
+/// Stderr, with the progress display lifted while a line is written (the
+/// formatter writes each event in one call).
+struct AroundProgress;
+
+impl std::io::Write for AroundProgress {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        super::progress::suspend(|| std::io::stderr().write_all(buf)).map(|()| buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Write one line to stderr, around the progress display.
+pub fn write_stderr_line(line: &str) {
+    use std::io::Write;
+    let mut text = line.to_string();
+    text.push('\n');
+    let _ = AroundProgress.write(text.as_bytes());
 }
 
 /// One event, one line: `[<N>]n2s-agent: [error: |warning: ]message [fields]`.

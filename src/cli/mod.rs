@@ -13,6 +13,7 @@ mod logging;
 mod ls;
 pub mod metrics;
 pub mod output;
+mod progress;
 mod prune;
 mod repair;
 mod restore;
@@ -104,6 +105,10 @@ pub struct GlobalArgs {
     /// Only warnings and errors on stderr.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Progress of long verbs: `auto` draws it when stderr is a terminal,
+    /// `json` writes one JSON object a second to stderr, `none` nothing.
+    #[arg(long, global = true, env = "N2S_PROGRESS", value_enum, default_value_t, value_name = "MODE")]
+    pub progress: progress::ProgressMode,
     /// After a backup, write per-dataset figures here in node_exporter's
     /// textfile format (atomically; also `metrics_file` in the config file).
     #[arg(long, global = true, env = "N2S_METRICS_FILE", value_name = "PATH")]

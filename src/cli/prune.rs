@@ -72,7 +72,10 @@ pub fn run(g: &GlobalArgs, a: PruneArgs) -> Result<ExitCode> {
     if let Ok(kb) = std::env::var("N2S_PACK_SIZE_KB").map(|v| v.parse::<usize>().unwrap_or(16 << 10)) {
         opts.pack_target = kb.max(4) << 10; // tests: small packs
     }
-    let r = prune(&ctx.repo, &ctx.state, &opts)?;
+    let display = super::progress::Display::start(g.progress, g.quiet, "prune");
+    let r = prune(&ctx.repo, &ctx.state, &opts);
+    drop(display);
+    let r = r?;
     if a.json {
         super::output::print_json(&serde_json::to_value(&r)?)?;
     } else {

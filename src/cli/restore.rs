@@ -79,7 +79,10 @@ pub fn run(g: &GlobalArgs, a: RestoreArgs) -> Result<ExitCode> {
         std::thread::available_parallelism().map_or(2, |n| n.get()).max(2)
     };
     let opts = RestoreOptions { target: a.target.clone(), paths, overwrite: a.overwrite, workers };
-    let report = restore(&ctx.repo, &cat, &ctx.state.index_db(), &cs, &opts)?;
+    let display = super::progress::Display::start(g.progress, g.quiet, "restore");
+    let report = restore(&ctx.repo, &cat, &ctx.state.index_db(), &cs, &opts);
+    drop(display);
+    let report = report?;
     for w in report.warnings.iter().take(20) {
         log::warn!("{w}");
     }

@@ -19,7 +19,10 @@ pub struct VerifyArgs {
 
 pub fn run(g: &GlobalArgs, a: VerifyArgs) -> Result<ExitCode> {
     let ctx = Ctx::open(g)?;
-    let r = verify(&ctx.repo, &ctx.state, a.level)?;
+    let display = super::progress::Display::start(g.progress, g.quiet, "verify");
+    let r = verify(&ctx.repo, &ctx.state, a.level);
+    drop(display);
+    let r = r?;
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         v["requests"] = serde_json::to_value(ctx.repo.backend.requests())?;

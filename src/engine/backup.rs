@@ -302,7 +302,11 @@ fn list_changes(
     let prior = CatalogPrior { catalog: &reader, at: prior_at };
     let mut problems = BoundedList::default();
     let mut batch: Vec<FileRow> = Vec::with_capacity(4096);
+    let progress = crate::progress::progress();
+    progress.begin(format!("{}: finding changes in {}", catalog.dataset(), snap.name), 0, 0);
     let mut emit = |c: crate::model::Change| -> Result<()> {
+        progress.add_files(1);
+        progress.set_current(&c.path);
         let mut row = FileRow {
             changeset: cs,
             path: c.path,

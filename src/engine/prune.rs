@@ -117,8 +117,12 @@ impl References {
 fn references(repo: &Repository, cache: &SegmentCache) -> Result<References> {
     let mut refs =
         References { chunks: Vec::new(), segments: HashSet::new(), superseded: HashSet::new(), live_changesets: 0 };
-    for (_ds, seqs) in chain::header_revisions(repo, None)? {
+    let all = chain::header_revisions(repo, None)?;
+    let progress = crate::progress::progress();
+    progress.begin("prune: reading manifests", all.values().map(|s| s.len() as u64).sum(), 0);
+    for (_ds, seqs) in all {
         for (_seq, mut revs) in seqs {
+            progress.add_files(1);
             let Some((_, newest)) = revs.pop() else { continue };
             refs.superseded.extend(revs.into_iter().map(|(_, k)| k));
             let h = repo
@@ -573,7 +577,10 @@ fn repack_packs(
         index.add_pack(&p.id, p.bytes.len() as u64, &p.entries, t)?;
         Ok(())
     };
+    let progress = crate::progress::progress();
+    progress.begin("prune: repacking", packs.len() as u64, 0);
     for id in packs {
+        progress.add_files(1);
         let key = id.object_key();
         // Only what is still needed is read: runs of needed blobs, close
         // ones merged into one range read; each blob is opened and checked

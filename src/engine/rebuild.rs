@@ -149,7 +149,10 @@ fn rebuild_chain(
         // Forgotten changesets since the last replayed one: the next full
         // manifest starts the tree afresh, as after a hole.
         let mut forgotten_since: Option<u64> = None;
+        let progress = crate::progress::progress();
+        progress.begin(format!("catalog rebuild {name}"), chain.links.len() as u64, 0);
         for link in &chain.links {
+            progress.add_files(1);
             let seq = link.seq as i64;
             if let (Some(h), None) = (&link.header, &link.problem)
                 && h.kind == ManifestKind::Forgotten

@@ -390,6 +390,24 @@ pub fn restore(
         );
     }
     crate::fsx::raise_fd_limit();
+    let progress = crate::progress::progress();
+    progress.begin(format!("restore {}", cs.snapshot), 0, 0);
+    if progress.is_watched() {
+        // One pass over the catalog for the totals, only for a display.
+        let (mut files, mut bytes) = (0u64, 0u64);
+        let prefixes: Vec<Option<&[u8]>> =
+            if opts.paths.is_empty() { vec![None] } else { opts.paths.iter().map(|p| Some(p.as_slice())).collect() };
+        for prefix in prefixes {
+            catalog.for_each_in_tree(cs.id, prefix, |row| {
+                if let Some(m) = row.meta.as_ref().filter(|m| m.ftype == crate::model::FileType::File) {
+                    files += 1;
+                    bytes += m.size;
+                }
+                Ok(())
+            })?;
+        }
+        progress.set_totals(files, bytes);
+    }
     let euid = rustix::process::geteuid();
     let made_uid = owner_of_new_objects(&root).unwrap_or(euid.as_raw());
     let reserved = catalog.restore_scratch_begin(cs.id)?;
@@ -450,6 +468,7 @@ pub fn restore(
                         }
                     }
                     for job in files {
+                        progress.set_current(&job.path);
                         let result = (!stop.load(Ordering::Relaxed)).then(|| {
                             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                 restore_file(
@@ -465,6 +484,10 @@ pub fn restore(
                             }))
                             .unwrap_or_else(|_| Err(anyhow!("its restore worker failed (a bug): run restore again")))
                         });
+                        if let Some(Ok(_)) = &result {
+                            progress.add_files(1);
+                            progress.add_bytes(job.meta.size);
+                        }
                         if let Some(Err(e)) = &result
                             && is_no_space(e)
                         {

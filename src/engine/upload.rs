@@ -169,6 +169,9 @@ pub fn upload_changeset(
     opts: &UploadOptions,
 ) -> Result<UploadReport> {
     let mut index = ChunkIndex::open(index_path)?;
+    let (files_total, bytes_total) = catalog.pending_totals(cs)?;
+    let progress = crate::progress::progress();
+    progress.begin(format!("{dataset}: reading changeset {cs}"), files_total, bytes_total);
     let abort = AtomicBool::new(false);
     let (work_tx, work_rx) = bounded::<Work>(opts.sealers * 4);
     let (sealed_tx, sealed_rx) = bounded::<Sealed>(opts.sealers * 4);
@@ -236,6 +239,7 @@ pub fn upload_changeset(
                                 let outcome = match opened {
                                     Err(e) => ReadEnd::Failed(format!("cannot open: {e}")),
                                     Ok(file) => {
+                                        progress.set_current(&f.path);
                                         let before = file_state(&file);
                                         let size = f.meta.as_ref().map_or(0, |m| m.size);
                                         let mut res = Ok(());
@@ -255,6 +259,9 @@ pub fn upload_changeset(
                                             match chunk {
                                                 Ok(data) => {
                                                     len += data.len() as u64;
+                                                    // A re-read is counted again: what was
+                                                    // read, not what was stored.
+                                                    progress.add_bytes(data.len() as u64);
                                                     if slot_tx.send(()).is_err()
                                                         || work_tx.send(Work::Chunk { seq, token, data }).is_err()
                                                     {
@@ -288,6 +295,7 @@ pub fn upload_changeset(
                                 seq += 1;
                                 fault::hit("file-read");
                                 if !again {
+                                    progress.add_files(1);
                                     break;
                                 }
                                 log::info!("{} changed while it was read; reading it again", display_path(&f.path));
@@ -377,6 +385,7 @@ pub fn upload_changeset(
                     let stored = repo.put_shared(&job.pack.id.object_key(), body);
                     match stored {
                         Ok(_) => {
+                            crate::progress::progress().add_stored(job.size);
                             fault::hit("pack-uploaded");
                             // A pack without its address is still stored:
                             // the address is for fetching it elsewhere.

@@ -182,8 +182,13 @@ pub fn verify(repo: &Repository, state: &StatePaths, level: Level) -> Result<Ver
     if level >= Level::Standard {
         let mut ids: Vec<(&PackId, &u64)> = on_backend.iter().collect();
         ids.sort();
-        for (id, _) in ids {
+        let progress = crate::progress::progress();
+        progress.begin(format!("verify ({level:?}): reading packs"), ids.len() as u64, r.pack_bytes);
+        for (id, size) in ids {
             let key = id.object_key();
+            progress.set_current(key.as_bytes());
+            progress.add_files(1);
+            progress.add_bytes(*size);
             let bytes = match repo.backend.get(&key, None) {
                 Ok(b) => b,
                 Err(e) => {
