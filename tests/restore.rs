@@ -534,3 +534,46 @@ fn reruns_with_overwrite_replace_stale_partials_keep_names_that_look_like_them_a
     assert_eq!(std::fs::read(t.join("y/keep")).unwrap(), b"mine");
     assert!(partial_files(&t).iter().all(|p| p.ends_with(".x.n2s-partial")), "{:?}", partial_files(&t));
 }
+
+#[test]
+fn restore_stdout_streams_one_file_and_refuses_what_is_not_one() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("dir")).unwrap();
+    let big = Rng(3).bytes(5 << 20);
+    std::fs::write(src.join("dir/big.bin"), &big).unwrap();
+    std::fs::write(src.join("small"), b"small\n").unwrap();
+    env.backup("d", &src, "one");
+    let cat = |file: &str| env.cmd().args(["restore", "--stdout", "one", file, "--dataset", "d"]).output().unwrap();
+    let out = cat("dir/big.bin");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout == big, "the streamed content is the file's ({} bytes of {})", out.stdout.len(), big.len());
+    let out = cat("/small");
+    assert_eq!(out.stdout, b"small\n", "a leading / is the snapshot's root");
+    for (file, needle) in
+        [("dir", "is not a regular file"), ("nope", "is not in snapshot one"), ("../x", "not a relative path")]
+    {
+        let out = cat(file);
+        assert_eq!(out.status.code(), Some(1), "{file}");
+        assert!(stderr(&out).contains(needle), "{file}: {}", stderr(&out));
+        assert!(out.stdout.is_empty());
+    }
+    let out = env.run(["restore", "--stdout", "one", "small", "--target", "/tmp/x"]);
+    assert_eq!(out.status.code(), Some(2), "--stdout and --target together: {}", stderr(&out));
+    // A reader that goes away early (`| head -c 10`): a quiet end.
+    let mut child = env
+        .cmd()
+        .args(["restore", "--stdout", "one", "dir/big.bin", "--dataset", "d"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 10];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(&head, &big[..10]);
+    assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("error"), "{}", stderr(&out));
+}

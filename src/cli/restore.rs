@@ -13,12 +13,19 @@ use crate::engine::restore::{RestoreOptions, restore};
 pub struct RestoreArgs {
     /// Snapshot name (as in `list`), `latest`, or `#N` for changeset N.
     pub snapshot: String,
+    /// With --stdout: the file of the snapshot to write to stdout.
+    #[arg(requires = "stdout", value_name = "FILE")]
+    pub file: Option<PathBuf>,
     /// The dataset the snapshot belongs to (needed when two datasets have one snapshot name).
     #[arg(long, value_parser = super::dataset_name)]
     pub dataset: Option<String>,
     /// Directory to restore into (created if missing; must be empty unless --overwrite).
-    #[arg(long)]
-    pub target: PathBuf,
+    #[arg(long, required_unless_present = "stdout")]
+    pub target: Option<PathBuf>,
+    /// Write one regular file of the snapshot (FILE) to stdout instead
+    /// (`restore --stdout latest dump.sql | psql`).
+    #[arg(long, conflicts_with_all = ["target", "paths", "overwrite", "json"], requires = "file")]
+    pub stdout: bool,
     /// Restore only this path of the snapshot (repeatable).
     #[arg(long = "path", value_name = "P")]
     pub paths: Vec<PathBuf>,
@@ -58,6 +65,28 @@ pub fn run(g: &GlobalArgs, a: RestoreArgs) -> Result<ExitCode> {
     }
     let cat = ctx.existing_catalog(&dataset)?;
     let cs = find_changeset(&cat, &a.snapshot)?;
+    if let Some(file) = &a.file {
+        let b = file.as_os_str().as_bytes();
+        let rel = b.strip_prefix(b"/").unwrap_or(b);
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+        return match crate::engine::restore::stream_file(&ctx.repo, &cat, &ctx.state.index_db(), &cs, rel, &mut out) {
+            Ok(n) => {
+                log::info!("{}: {} of {} written to stdout", cs.snapshot, human_bytes(n), file.display());
+                super::ok()
+            }
+            // The reader went away (`| head`): end quietly, as cat does.
+            Err(e)
+                if e.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                }) =>
+            {
+                Ok(ExitCode::from(141))
+            }
+            Err(e) => Err(e.context("restore --stdout is incomplete")),
+        };
+    }
+    let target = a.target.clone().ok_or_else(|| UsageError("restore needs --target DIR, or --stdout FILE".into()))?;
     if let Some(gw) = &a.ipfs_gateway {
         through_gateway(&mut ctx, gw)?;
     }
@@ -78,7 +107,7 @@ pub fn run(g: &GlobalArgs, a: RestoreArgs) -> Result<ExitCode> {
     } else {
         std::thread::available_parallelism().map_or(2, |n| n.get()).max(2)
     };
-    let opts = RestoreOptions { target: a.target.clone(), paths, overwrite: a.overwrite, workers };
+    let opts = RestoreOptions { target: target.clone(), paths, overwrite: a.overwrite, workers };
     let display = super::progress::Display::start(g.progress, g.quiet, "restore");
     let report = restore(&ctx.repo, &cat, &ctx.state.index_db(), &cs, &opts);
     drop(display);
@@ -92,13 +121,13 @@ pub fn run(g: &GlobalArgs, a: RestoreArgs) -> Result<ExitCode> {
     if a.json {
         super::output::print_json(&serde_json::json!({
             "dataset": dataset, "snapshot": cs.snapshot, "changeset": cs.id,
-            "target": a.target, "report": report, "requests": ctx.repo.backend.requests(),
+            "target": target, "report": report, "requests": ctx.repo.backend.requests(),
         }))?;
     } else {
         println!(
             "restored {dataset} snapshot {} into {}: {} files ({}), {} directories, {} hardlinks, {} other",
             cs.snapshot,
-            a.target.display(),
+            target.display(),
             report.files,
             human_bytes(report.bytes),
             report.dirs,

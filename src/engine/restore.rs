@@ -1131,6 +1131,61 @@ fn lookup(
 /// Once per restore, after a miss: learn the packs on the backend (the
 /// local index is a cache and may be behind) and the prune plans (a pack
 /// they name may be gone; reads then prefer another home).
+/// Write the content of the regular file `path` of changeset `cs` to
+/// `out`, chunk by chunk (memory: one chunk), and check it against the
+/// file's hash at the end. What was written before a failure is not
+/// taken back: the caller's error says the output is incomplete.
+pub fn stream_file(
+    repo: &Repository,
+    catalog: &Catalog,
+    index_path: &Path,
+    cs: &ChangesetRow,
+    path: &[u8],
+    out: &mut dyn std::io::Write,
+) -> Result<u64> {
+    if !is_safe_rel_path(path) {
+        bail!("{} is not a relative path inside the snapshot", display_path(path));
+    }
+    let row = catalog
+        .entry_at(cs.id, path)?
+        .with_context(|| format!("{} is not in snapshot {}", display_path(path), cs.snapshot))?;
+    match row.meta.as_ref().map(|m| m.ftype) {
+        Some(crate::model::FileType::File) => {}
+        other => bail!(
+            "{} is not a regular file in snapshot {} ({}): --stdout streams one file; restore it with --target DIR",
+            display_path(path),
+            cs.snapshot,
+            other.map_or("no metadata".to_string(), |t| format!("{t:?}").to_lowercase())
+        ),
+    }
+    let index = ChunkIndex::open(index_path)?;
+    let synced = Mutex::new(false);
+    let mut hasher = blake3::Hasher::new();
+    let mut written = 0u64;
+    for id in &row.chunks {
+        let loc = match index.lookup(id)? {
+            Some(l) => l,
+            None => {
+                resync(repo, index_path, &synced)?;
+                index.lookup(id)?.with_context(|| {
+                    format!("{}: chunk {} is in no pack of the repository", display_path(path), &id.to_hex()[..16])
+                })?
+            }
+        };
+        let data = repo.read_chunk(id, &loc).with_context(|| display_path(path))?;
+        hasher.update(&data);
+        out.write_all(&data).context("cannot write to stdout")?;
+        written += data.len() as u64;
+    }
+    out.flush().context("cannot write to stdout")?;
+    if let Some(expected) = row.file_hash
+        && *hasher.finalize().as_bytes() != expected
+    {
+        bail!("{}: the content read does not match the file's hash: the output is not the file", display_path(path));
+    }
+    Ok(written)
+}
+
 fn resync(repo: &Repository, index_path: &Path, index_synced: &Mutex<bool>) -> Result<()> {
     let mut synced = index_synced.lock().unwrap_or_else(|e| e.into_inner());
     if !*synced {
