@@ -13,6 +13,7 @@ use crate::engine::backup::{BackupOptions, ChangesetSummary, backup_dataset};
 use crate::source::ChangeSource;
 use crate::source::btrfs::BtrfsSource;
 use crate::source::exclude::Excludes;
+use crate::source::stream::{StreamFrom, StreamInput, StreamSource, parse_tag, spool};
 use crate::source::walk::WalkSource;
 
 #[derive(clap::Args)]
@@ -44,6 +45,22 @@ pub struct BackupArgs {
     /// file) and prune (default grace).
     #[arg(long)]
     pub prune: bool,
+    /// Back up stdin as one file of a new changeset of --dataset (a stream
+    /// such as `pg_dump` output); its name is the --stdin-name without `=`.
+    #[arg(long, help_heading = "Streams")]
+    pub stdin: bool,
+    /// The file name of the stdin stream (default `stdin`), or NAME=PATH
+    /// for a named pipe or file read to its end (repeatable).
+    #[arg(long, value_name = "NAME[=PATH]", help_heading = "Streams")]
+    pub stdin_name: Vec<String>,
+    /// NAME=CMD: run `sh -c CMD` and store its stdout as NAME; a non-zero
+    /// exit stores nothing (repeatable).
+    #[arg(long, value_name = "NAME=CMD", help_heading = "Streams")]
+    pub from_command: Vec<String>,
+    /// key=value stored with the changeset of the streams (repeatable;
+    /// `list --tag key=value` finds it).
+    #[arg(long, value_name = "KEY=VALUE", help_heading = "Streams")]
+    pub tag: Vec<String>,
     /// Leave out paths this glob names (repeatable; added to the
     /// dataset's `exclude`): `*.tmp` matches a name at any depth,
     /// `/var/cache` or `home/*/Downloads` a path from the dataset's root.
@@ -55,6 +72,49 @@ pub struct BackupArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The streams this run backs up (`--stdin`, `--stdin-name`, `--from-command`).
+fn stream_inputs(a: &BackupArgs) -> Result<Vec<StreamInput>> {
+    let mut inputs = Vec::new();
+    let mut stdin_name = None;
+    for s in &a.stdin_name {
+        match s.split_once('=') {
+            Some((name, path)) => {
+                inputs.push(StreamInput { name: name.to_string(), from: StreamFrom::Path(PathBuf::from(path)) })
+            }
+            None if !a.stdin => {
+                return Err(UsageError(format!(
+                    "--stdin-name {s} names the stdin stream: add --stdin, or give {s}=PATH for a named pipe"
+                ))
+                .into());
+            }
+            None if stdin_name.is_some() => {
+                return Err(UsageError("only one --stdin-name without =PATH: stdin is one stream".into()).into());
+            }
+            None => stdin_name = Some(s.clone()),
+        }
+    }
+    if a.stdin {
+        inputs.insert(0, StreamInput { name: stdin_name.unwrap_or_else(|| "stdin".into()), from: StreamFrom::Stdin });
+    }
+    for c in &a.from_command {
+        let (name, cmd) =
+            c.split_once('=').ok_or_else(|| UsageError(format!("--from-command {c:?} is not NAME=CMD")))?;
+        inputs.push(StreamInput { name: name.to_string(), from: StreamFrom::Command(cmd.to_string()) });
+    }
+    if inputs.is_empty() && !a.tag.is_empty() {
+        return Err(
+            UsageError("--tag goes with streams (--stdin, --stdin-name NAME=PATH, --from-command)".into()).into()
+        );
+    }
+    if !inputs.is_empty() && (a.dataset.is_none() || a.source.is_some() || a.path.is_some() || a.take_snapshot) {
+        return Err(UsageError(
+            "streams need --dataset NAME, and no --source, --path or --take-snapshot: the streams are the dataset's content".into(),
+        )
+        .into());
+    }
+    Ok(inputs)
 }
 
 fn dataset_specs(ctx: &Ctx, a: &BackupArgs) -> Result<Vec<DatasetConfig>> {
@@ -194,8 +254,30 @@ fn knob(name: &str) -> Option<usize> {
 }
 
 pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
+    let inputs = stream_inputs(&a)?;
+    let tags = a
+        .tag
+        .iter()
+        .map(|t| parse_tag(t).map_err(|e| anyhow::Error::new(UsageError(format!("--tag: {e:#}")))))
+        .collect::<Result<std::collections::BTreeMap<_, _>>>()?;
     let ctx = Ctx::open(g)?;
-    let specs = dataset_specs(&ctx, &a)?;
+    // Streams are read to their end before anything is recorded: a
+    // producer that fails leaves no changeset.
+    let spool = match inputs.is_empty() {
+        true => None,
+        false => Some(spool(&inputs, ctx.state.root())?),
+    };
+    let specs = match (&spool, &a.dataset) {
+        (Some(s), Some(name)) => {
+            vec![DatasetConfig {
+                name: name.clone(),
+                source: SourceKind::Walk,
+                path: Some(s.dir().to_path_buf()),
+                ..Default::default()
+            }]
+        }
+        _ => dataset_specs(&ctx, &a)?,
+    };
     let mut opts = BackupOptions::default();
     opts.upload.uploaders = ctx.settings.connections_for(&*ctx.repo.backend);
     if let Some(mb) = ctx.settings.file.pack_size_mb {
@@ -231,7 +313,14 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
         let started_at = crate::util::now();
         let requests_before = ctx.repo.backend.requests().unwrap_or_default();
         let result = d.excludes(&a.exclude, a.exclude_caches).map(Arc::new).and_then(|excludes| {
-            let mut src = make_source(&ctx, d, a.snapshot.as_deref(), &excludes)?;
+            let mut src = match &spool {
+                Some(s) => Box::new(StreamSource::new(
+                    s.dir(),
+                    walk_label(&ctx, &d.name, a.snapshot.as_deref())?,
+                    tags.clone(),
+                )),
+                None => make_source(&ctx, d, a.snapshot.as_deref(), &excludes)?,
+            };
             if a.take_snapshot {
                 let name = a
                     .snapshot
@@ -243,7 +332,8 @@ pub fn run(g: &GlobalArgs, a: BackupArgs) -> Result<ExitCode> {
             // when nothing changed; a label given is always recorded, and so
             // is every real snapshot (btrfs, zfs).
             let mut opts = opts.clone();
-            opts.skip_unchanged = a.snapshot.is_none() && d.source == SourceKind::Walk;
+            // Every run of streams is recorded (consecutive dumps dedup).
+            opts.skip_unchanged = a.snapshot.is_none() && d.source == SourceKind::Walk && spool.is_none();
             opts.excludes = excludes.clone();
             let done = backup_dataset(&ctx.repo, &ctx.state, &d.name, src.as_mut(), &opts)?;
             Ok((done, src.problems()))

@@ -11,6 +11,9 @@ pub struct ListArgs {
     /// Only this dataset (default: every dataset in the catalogs).
     #[arg(long, value_parser = super::dataset_name)]
     pub dataset: Option<String>,
+    /// Only changesets with this tag (`backup --tag`; repeatable: all must match).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub tag: Vec<String>,
     /// Print the changesets as JSON.
     #[arg(long)]
     pub json: bool,
@@ -84,6 +87,18 @@ pub fn run(g: &GlobalArgs, a: ListArgs) -> Result<ExitCode> {
                 "manifest": serde_json::Value::Null,
             }));
         }
+    }
+    if !a.tag.is_empty() {
+        let wanted = a
+            .tag
+            .iter()
+            .map(|t| crate::source::stream::parse_tag(t).map_err(|e| super::UsageError(format!("--tag: {e:#}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.retain(|r| {
+            wanted.iter().all(|(k, v)| {
+                r["identity"][format!("{}{k}", crate::source::stream::TAG_PREFIX)].as_str() == Some(v.as_str())
+            })
+        });
     }
     if a.json {
         return super::output::print_json(&serde_json::json!({ "changesets": rows })).map(|()| ExitCode::SUCCESS);

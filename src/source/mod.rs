@@ -8,6 +8,7 @@ mod child;
 pub mod exclude;
 pub mod named;
 pub mod spill;
+pub mod stream;
 pub mod walk;
 #[cfg(feature = "zfs")]
 pub mod zfs;
