@@ -459,3 +459,35 @@ fn excludes_apply_to_the_changes_a_send_stream_names() {
     assert_eq!(std::fs::read(t2.join("data/more")).unwrap(), b"more");
     drop(s1);
 }
+
+#[test]
+fn config_check_counts_a_btrfs_datasets_snapshots_and_writes_nothing() {
+    let Some(fs) = LoopBtrfs::make() else { return };
+    std::fs::write(fs.vol().join("f"), b"x").unwrap();
+    fs.snapshot("s1");
+    fs.snapshot("s2");
+    let env = Env::new();
+    env.init();
+    let cfg = env.path("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "repo = {:?}\nkey_file = {:?}\nstate_dir = {:?}\n[[dataset]]\nname = \"vol\"\nsource = \"btrfs\"\npath = {:?}\nsnapshot_dir = {:?}\n[[dataset]]\nname = \"plain\"\nsource = \"btrfs\"\npath = {:?}\nsnapshot_dir = {:?}\n",
+            env.repo.to_str().unwrap(),
+            env.key.to_str().unwrap(),
+            env.path("st").to_str().unwrap(),
+            fs.vol().to_str().unwrap(),
+            fs.snaps().to_str().unwrap(),
+            env.path("notbtrfs").to_str().unwrap(),
+            env.path("notbtrfs").to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(env.path("notbtrfs")).unwrap();
+    let out = Command::new(bin()).arg("--config").arg(&cfg).args(["config", "check"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("ok   dataset vol: btrfs source") && text.contains("2 snapshots, the newest s2"), "{text}");
+    assert!(text.contains("FAIL dataset plain:"), "a directory that is no subvolume: {text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(!env.path("st").exists(), "no state directory made");
+}

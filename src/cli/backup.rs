@@ -177,6 +177,16 @@ fn make_source(
     label: Option<&str>,
     excludes: &Arc<Excludes>,
 ) -> Result<Box<dyn ChangeSource>> {
+    let label = match d.source {
+        SourceKind::Walk => walk_label(ctx, &d.name, label)?,
+        _ => String::new(),
+    };
+    source_for(d, label, excludes)
+}
+
+/// The source of a dataset's section; `label` names a walk's run. It
+/// reads nothing of the state directory (`config check` uses it too).
+pub(super) fn source_for(d: &DatasetConfig, label: String, excludes: &Arc<Excludes>) -> Result<Box<dyn ChangeSource>> {
     match d.source {
         SourceKind::Walk => {
             let path = d.path.clone().ok_or_else(|| {
@@ -193,7 +203,7 @@ fn make_source(
             if !path.is_dir() {
                 anyhow::bail!("dataset {:?}: {} is not a directory: check --path", d.name, path.display());
             }
-            Ok(Box::new(WalkSource::new(&path, walk_label(ctx, &d.name, label)?).with_excludes(excludes.clone())))
+            Ok(Box::new(WalkSource::new(&path, label).with_excludes(excludes.clone())))
         }
         SourceKind::Btrfs => {
             let path = d.path.clone().ok_or_else(|| {

@@ -5,7 +5,9 @@
 mod abandon;
 mod backup;
 mod catalog;
+mod completions;
 pub mod config;
+mod config_check;
 mod forget;
 mod init;
 mod list;
@@ -188,6 +190,16 @@ pub enum Command {
         #[command(subcommand)]
         command: catalog::CatalogCommand,
     },
+    /// The config file: `config check` validates it and what it names.
+    Config {
+        #[command(subcommand)]
+        command: config_check::ConfigCommand,
+    },
+    /// Print a completion script: `n2s-agent completions bash > /etc/bash_completion.d/n2s-agent`.
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages (for packaging).
+    #[command(hide = true)]
+    Manpage(completions::ManpageArgs),
 }
 
 impl Command {
@@ -207,6 +219,9 @@ impl Command {
             Command::Verify(_) => "verify",
             Command::Repair(_) => "repair",
             Command::Catalog { .. } => "catalog",
+            Command::Config { .. } => "config",
+            Command::Completions(_) => "completions",
+            Command::Manpage(_) => "manpage",
         }
     }
 }
@@ -406,6 +421,9 @@ pub fn main() -> ExitCode {
         Command::Verify(a) => verify::run(&g, a),
         Command::Repair(a) => repair::run(&g, a),
         Command::Catalog { command } => catalog::run(&g, command),
+        Command::Config { command } => config_check::run(&g, command),
+        Command::Completions(a) => completions::completions(a),
+        Command::Manpage(a) => completions::manpage(a),
     };
     match result {
         Ok(code) => code,
