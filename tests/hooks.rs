@@ -118,9 +118,24 @@ fn install_and_uninstall_into_a_destdir() {
         "etc/systemd/system/n2s-agent.service",
         "etc/systemd/system/n2s-agent.timer",
         "usr/local/lib/n2s-agent/sanoid-post-snapshot",
+        "usr/local/share/man/man1/n2s-agent.1.gz",
+        "usr/local/share/man/man1/n2s-agent-backup.1.gz",
+        "usr/local/share/bash-completion/completions/n2s-agent",
+        "usr/local/share/zsh/vendor-completions/_n2s-agent",
+        "usr/local/share/fish/vendor_completions.d/n2s-agent.fish",
     ] {
         assert!(root.join(f).is_file(), "{f} not installed");
     }
+    let page = Command::new("gzip")
+        .arg("-dc")
+        .arg(root.join("usr/local/share/man/man1/n2s-agent-backup.1.gz"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&page.stdout).contains(".TH n2s-agent-backup"), "not a man page: {page:?}");
+    let bash = std::fs::read_to_string(root.join("usr/local/share/bash-completion/completions/n2s-agent")).unwrap();
+    assert!(bash.contains("complete") && bash.contains("restore"), "{bash}");
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/n2s-agent.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/n2s-agent"), "{unit}");
     let mode = |p: &str| std::fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o777;
     assert_eq!((mode("etc/n2s/agent.toml"), mode("etc/n2s"), mode("var/lib/n2s")), (0o600, 0o700, 0o700));
     std::fs::write(root.join("etc/n2s/agent.toml"), "repo = \"/srv/mine\"\n").unwrap();
@@ -130,6 +145,8 @@ fn install_and_uninstall_into_a_destdir() {
     assert!(!installed.exists() && !root.join("etc/systemd/system/n2s-agent.service").exists());
     assert!(!root.join("etc/systemd/system/n2s-agent@.service").exists());
     assert!(!root.join("usr/local/lib/n2s-agent").exists());
+    assert!(!root.join("usr/local/share/man/man1/n2s-agent.1.gz").exists(), "man pages are removed");
+    assert!(!root.join("usr/local/share/bash-completion/completions/n2s-agent").exists(), "completions are removed");
     assert!(root.join("etc/n2s/agent.toml").exists() && root.join("var/lib/n2s").is_dir(), "config and state are kept");
 }
 
