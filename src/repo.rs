@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::backend::{Backend, BackendError, PutOutcome};
 use crate::catalog::index::{ChunkIndex, ChunkLocation};
 use crate::core::chunker::ChunkerParams;
+use crate::core::keyobject::{KEYS_PREFIX, KeyObject};
 use crate::core::keys::{DerivedKeys, MasterKey};
 use crate::core::manifest::{self, ManifestHeader, Record};
 use crate::core::pack::{self, PackEntry, PackId, TRAILER_LEN};
@@ -268,6 +269,39 @@ fn read_copy(backend: &dyn Backend, sealer: &Sealer) -> Result<CopyState> {
 }
 
 /// Does anything but the config live at this location?
+/// The repository's passphrase-wrapped keys (`keys/`, FORMAT §3.1). One
+/// that does not parse is skipped with a warning: a damaged key object must
+/// not stop the others from opening the repository.
+pub fn read_key_objects(backend: &dyn Backend) -> Result<Vec<KeyObject>> {
+    let loc = backend.location();
+    let listed =
+        backend.list(KEYS_PREFIX).map_err(backend_err).with_context(|| format!("cannot list the keys of {loc}"))?;
+    let mut out = Vec::new();
+    for o in listed {
+        let id = o.key.strip_prefix(KEYS_PREFIX).unwrap_or(&o.key);
+        let bytes = backend.get(&o.key, None).map_err(backend_err).with_context(|| format!("cannot read {}", o.key))?;
+        match KeyObject::parse(id, &bytes) {
+            Ok(k) => out.push(k),
+            Err(e) => log::warn!("skipping key object {} of {loc}: {e:#}", o.key),
+        }
+    }
+    Ok(out)
+}
+
+/// Store a new key object and read it back: a key that cannot be read is
+/// found now, not on the day it is the only way in.
+pub fn write_key_object(backend: &dyn Backend, k: &KeyObject) -> Result<()> {
+    let body = k.to_bytes();
+    match backend.put_if_absent(&k.key(), &body).map_err(backend_err)? {
+        PutOutcome::Created => {}
+        PutOutcome::AlreadyExists => bail!("{} exists already in {}: try again", k.key(), backend.location()),
+    }
+    let back =
+        backend.get(&k.key(), None).map_err(backend_err).with_context(|| format!("cannot read back {}", k.key()))?;
+    ensure!(back == body, "{} reads back different from what was written to {}", k.key(), backend.location());
+    Ok(())
+}
+
 fn holds_data(backend: &dyn Backend) -> Result<bool> {
     for prefix in ["data/", "manifests/", "segments/"] {
         if !backend.list(prefix).map_err(backend_err)?.is_empty() {

@@ -125,6 +125,11 @@ pub struct RcloneConfig {
 pub struct FileConfig {
     pub repo: Option<String>,
     pub key_file: Option<PathBuf>,
+    /// A file whose first line is the passphrase of a key in the repository
+    /// (for hosts without the key file; mode 0600).
+    pub password_file: Option<PathBuf>,
+    /// A command that prints that passphrase (`sh -c`).
+    pub password_command: Option<String>,
     pub state_dir: Option<PathBuf>,
     /// Target size of packs in MiB (default 16).
     pub pack_size_mb: Option<u64>,
@@ -244,7 +249,9 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// The settings a command runs with, resolved from flags, env and file.
 pub struct Settings {
     pub repo: String,
-    pub key_file: PathBuf,
+    /// `None`: a passphrase must open one of the repository's key objects.
+    pub key_file: Option<PathBuf>,
+    pub password: super::passphrase::PasswordSource,
     pub state_dir: PathBuf,
     /// How to reach an s3:// repository.
     pub s3: crate::backend::S3Settings,
@@ -267,12 +274,13 @@ impl Settings {
         let repo = g.repo.clone().or_else(|| file.repo.clone()).ok_or_else(|| {
             UsageError("no repository given: pass --repo URL, set N2S_REPO, or set `repo` in the config file".into())
         })?;
-        let key_file = g.key_file.clone().or_else(|| file.key_file.clone()).ok_or_else(|| {
-            UsageError(
-                "no key file given: pass --key-file PATH, set N2S_KEY_FILE, or set `key_file` in the config file"
-                    .into(),
-            )
-        })?;
+        // No key file is no error yet: a passphrase may open one of the
+        // repository's key objects (cli/passphrase.rs says so if not).
+        let key_file = g.key_file.clone().or_else(|| file.key_file.clone());
+        let password = super::passphrase::PasswordSource {
+            file: g.password_file.clone().or_else(|| file.password_file.clone()),
+            command: g.password_command.clone().or_else(|| file.password_command.clone()),
+        };
         let state_dir =
             g.state_dir.clone().or_else(|| file.state_dir.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         // (The file's values were checked when it was parsed.)
@@ -310,6 +318,7 @@ impl Settings {
         Ok(Settings {
             repo,
             key_file,
+            password,
             state_dir,
             s3,
             sftp,
@@ -324,6 +333,17 @@ impl Settings {
     }
 
     /// How the backend's decorators are set.
+    /// The key file, for the verbs that need one (init writes it).
+    pub fn required_key_file(&self) -> Result<&Path> {
+        self.key_file.as_deref().ok_or_else(|| {
+            UsageError(
+                "no key file given: pass --key-file PATH, set N2S_KEY_FILE, or set `key_file` in the config file"
+                    .into(),
+            )
+            .into()
+        })
+    }
+
     pub fn backend_options(&self) -> crate::backend::BackendOptions {
         crate::backend::BackendOptions {
             request_timeout: self.request_timeout,

@@ -79,19 +79,35 @@ fn checks(g: &GlobalArgs) -> Vec<Check> {
             return out;
         }
     };
-    let key = MasterKey::load(&settings.key_file);
-    let key_ok = key.is_ok();
-    add(
-        &format!("key file {}", settings.key_file.display()),
-        key.as_ref().map(|_| "mode 0600, an n2s key".to_string()).map_err(|e| anyhow::anyhow!("{e:#}")),
-    );
+    // The key file is checked on its own; a passphrase can only be checked
+    // against the repository's key objects, so with the repository.
+    let key_file = settings.key_file.as_ref().filter(|p| p.exists() || !settings.password.is_given());
+    let key = key_file.map(|p| MasterKey::load(p));
+    if let (Some(p), Some(key)) = (key_file, &key) {
+        add(
+            &format!("key file {}", p.display()),
+            key.as_ref().map(|_| "mode 0600, an n2s key".to_string()).map_err(|e| anyhow::anyhow!("{e:#}")),
+        );
+    }
     let repo_check = (|| -> Result<String> {
-        let key = key.as_ref().map_err(|_| anyhow::anyhow!("not opened: the key file is not usable (above)"))?;
         let backend = crate::backend::open_with(&settings.repo, &settings.backend_options())?;
-        let repo = Repository::open(backend, key)?;
-        Ok(format!("reachable, initialized, the key opens it (id {})", repo.config.id))
+        let (master, how) = match &key {
+            Some(k) => (
+                k.as_ref().map_err(|_| anyhow::anyhow!("not opened: the key file is not usable (above)"))?.clone(),
+                "the key opens it".to_string(),
+            ),
+            None => {
+                let opened = super::passphrase::open_key(&settings, &*backend)?;
+                let id = match &opened.via {
+                    super::passphrase::KeyVia::Passphrase(id) => id.clone(),
+                    super::passphrase::KeyVia::KeyFile(p) => p.display().to_string(),
+                };
+                (opened.master, format!("the passphrase opens its key {id}"))
+            }
+        };
+        let repo = Repository::open(backend, &master)?;
+        Ok(format!("reachable, initialized, {how} (id {})", repo.config.id))
     })();
-    let _ = key_ok;
     add(&format!("repository {}", settings.repo), repo_check);
     add(
         &format!("state directory {}", settings.state_dir.display()),

@@ -20,11 +20,12 @@ pub fn run(g: &GlobalArgs, a: InitArgs) -> Result<ExitCode> {
     // Check first, so an existing repository (even one whose config is
     // lost) never costs a stray key file.
     Repository::check_location_is_free(&*backend)?;
-    let (key, created_key) = if s.key_file.exists() {
-        (MasterKey::load(&s.key_file)?, false)
+    let key_file = s.required_key_file()?;
+    let (key, created_key) = if key_file.exists() {
+        (MasterKey::load(key_file)?, false)
     } else {
         let k = MasterKey::generate()?;
-        k.save_new(&s.key_file)?;
+        k.save_new(key_file)?;
         (k, true)
     };
     let repo = Repository::init(backend, &key)?;
@@ -32,7 +33,7 @@ pub fn run(g: &GlobalArgs, a: InitArgs) -> Result<ExitCode> {
         super::output::print_json(&serde_json::json!({
             "repository": repo.backend.location(),
             "id": repo.config.id,
-            "key_file": s.key_file,
+            "key_file": key_file,
             "key_created": created_key,
         }))?;
     } else {
@@ -40,10 +41,10 @@ pub fn run(g: &GlobalArgs, a: InitArgs) -> Result<ExitCode> {
         if created_key {
             println!(
                 "created key file {} (mode 0600): keep a copy somewhere safe, without it nothing can be restored",
-                s.key_file.display()
+                key_file.display()
             );
         } else {
-            println!("using existing key file {}", s.key_file.display());
+            println!("using existing key file {}", key_file.display());
         }
     }
     super::ok()

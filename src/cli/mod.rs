@@ -10,11 +10,13 @@ pub mod config;
 mod config_check;
 mod forget;
 mod init;
+mod key;
 mod list;
 mod logging;
 mod ls;
 pub mod metrics;
 pub mod output;
+mod passphrase;
 mod progress;
 mod prune;
 mod repair;
@@ -31,7 +33,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::catalog::Catalog;
-use crate::core::keys::MasterKey;
 use crate::repo::Repository;
 use crate::state::StatePaths;
 
@@ -98,6 +99,13 @@ pub struct GlobalArgs {
     /// Key file (mode 0600). Never pass the key itself on the command line.
     #[arg(long, global = true, env = "N2S_KEY_FILE", value_name = "PATH")]
     pub key_file: Option<PathBuf>,
+    /// A file whose first line is the passphrase of one of the repository's
+    /// keys (`key add`), used when there is no key file.
+    #[arg(long, global = true, env = "N2S_PASSWORD_FILE", value_name = "PATH")]
+    pub password_file: Option<PathBuf>,
+    /// A command (`sh -c`) that prints that passphrase.
+    #[arg(long, global = true, env = "N2S_PASSWORD_COMMAND", value_name = "COMMAND")]
+    pub password_command: Option<String>,
     /// Where catalogs and caches live (default /var/lib/n2s).
     #[arg(long, global = true, env = "N2S_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -185,6 +193,12 @@ pub enum Command {
     /// Rewrite a lost config object, mark lost packs, rebuild missing or
     /// damaged catalogs, and name what became unrestorable.
     Repair(repair::RepairArgs),
+    /// Passphrase-protected copies of the repository key: add, list,
+    /// remove, passwd.
+    Key {
+        #[command(subcommand)]
+        command: key::KeyCommand,
+    },
     /// Local catalog maintenance.
     Catalog {
         #[command(subcommand)]
@@ -218,6 +232,7 @@ impl Command {
             Command::Status(_) => "status",
             Command::Verify(_) => "verify",
             Command::Repair(_) => "repair",
+            Command::Key { .. } => "key",
             Command::Catalog { .. } => "catalog",
             Command::Config { .. } => "config",
             Command::Completions(_) => "completions",
@@ -229,6 +244,8 @@ impl Command {
 /// What most verbs need: the open repository and its state directory.
 pub struct Ctx {
     pub settings: config::Settings,
+    /// The key, and how it was obtained (key file, or which key object).
+    pub key: passphrase::OpenedKey,
     pub repo: Arc<Repository>,
     pub state: StatePaths,
 }
@@ -236,13 +253,13 @@ pub struct Ctx {
 impl Ctx {
     pub fn open(g: &GlobalArgs) -> Result<Ctx> {
         let settings = config::Settings::resolve(g)?;
-        let key = MasterKey::load(&settings.key_file)?;
         let backend = crate::backend::open_with(&settings.repo, &settings.backend_options())?;
-        let repo = Arc::new(Repository::open(backend, &key)?);
+        let key = passphrase::open_key(&settings, &*backend)?;
+        let repo = Arc::new(Repository::open(backend, &key.master)?);
         let state = StatePaths::new(&settings.state_dir, &repo.config.id)?;
         // Paths a snapshot diff names are sorted on disk past a memory budget.
         crate::source::spill::set_scratch_dir(&state.root().join("tmp"));
-        Ok(Ctx { settings, repo, state })
+        Ok(Ctx { settings, key, repo, state })
     }
 
     /// Names of the datasets with a local catalog.
@@ -420,6 +437,7 @@ pub fn main() -> ExitCode {
         Command::Status(a) => status::run(&g, a),
         Command::Verify(a) => verify::run(&g, a),
         Command::Repair(a) => repair::run(&g, a),
+        Command::Key { command } => key::run(&g, command),
         Command::Catalog { command } => catalog::run(&g, command),
         Command::Config { command } => config_check::run(&g, command),
         Command::Completions(a) => completions::completions(a),

@@ -36,6 +36,11 @@ impl MasterKey {
         MasterKey(b)
     }
 
+    /// The raw key, for wrapping it in a key object (`core::keyobject`).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// Read a key file. Refuses files that group or others can read: a key
     /// that leaked is a repository that leaked.
     pub fn load(path: &Path) -> Result<MasterKey> {

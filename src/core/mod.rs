@@ -4,6 +4,7 @@
 
 pub mod chunker;
 pub mod compress;
+pub mod keyobject;
 pub mod keys;
 pub mod manifest;
 pub mod pack;
