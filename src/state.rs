@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+#[derive(Clone)]
 pub struct StatePaths {
     root: PathBuf,
 }

@@ -491,3 +491,271 @@ fn config_check_counts_a_btrfs_datasets_snapshots_and_writes_nothing() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(!env.path("st").exists(), "no state directory made");
 }
+
+/// A TCP forwarder to a real server that can be cut off and restored on the
+/// same port: a backend outage, as the agent sees one (connections
+/// refused, open ones reset).
+struct Outage {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Outage {
+    fn to(target: u16) -> Outage {
+        use std::sync::atomic::Ordering;
+        let port = free_port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = up.clone();
+        std::thread::spawn(move || {
+            loop {
+                // While down, no listener: connections are refused.
+                while !flag.load(Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) else {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                };
+                l.set_nonblocking(true).unwrap();
+                while flag.load(Ordering::SeqCst) {
+                    match l.accept() {
+                        Ok((client, _)) => {
+                            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else { continue };
+                            for (mut from, mut to) in
+                                [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                            {
+                                let flag = flag.clone();
+                                std::thread::spawn(move || {
+                                    from.set_read_timeout(Some(std::time::Duration::from_millis(100))).unwrap();
+                                    let mut buf = [0u8; 65536];
+                                    loop {
+                                        if !flag.load(Ordering::SeqCst) {
+                                            break;
+                                        }
+                                        match std::io::Read::read(&mut from, &mut buf) {
+                                            Ok(0) => break,
+                                            Ok(n) => {
+                                                if std::io::Write::write_all(&mut to, &buf[..n]).is_err() {
+                                                    break;
+                                                }
+                                            }
+                                            Err(e)
+                                                if matches!(
+                                                    e.kind(),
+                                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                                ) => {}
+                                            Err(_) => break,
+                                        }
+                                    }
+                                    let _ = from.shutdown(std::net::Shutdown::Both);
+                                    let _ = to.shutdown(std::net::Shutdown::Both);
+                                });
+                            }
+                        }
+                        Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                    }
+                }
+            }
+        });
+        Outage { port, up }
+    }
+    fn set(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `n2s-agent watch` as a child, its stdout and stderr gathered as they come.
+struct Watching {
+    child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+    err: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Watching {
+    fn start(mut c: Command) -> Watching {
+        use std::io::BufRead;
+        let mut child =
+            c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("run watch");
+        let gather = |r: Box<dyn std::io::Read + Send>| {
+            let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+            let t = text.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+                    t.lock().unwrap().push_str(&(line + "\n"));
+                }
+            });
+            text
+        };
+        let out = gather(Box::new(child.stdout.take().unwrap()));
+        let err = gather(Box::new(child.stderr.take().unwrap()));
+        Watching { child, out, err }
+    }
+    /// Wait until stdout or stderr holds `what`.
+    fn wait_for(&mut self, what: &str, secs: u64) -> std::time::Duration {
+        let t0 = std::time::Instant::now();
+        loop {
+            if self.out.lock().unwrap().contains(what) || self.err.lock().unwrap().contains(what) {
+                return t0.elapsed();
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "watch ended ({st}) before {what:?}\n{}\n{}",
+                    self.out.lock().unwrap(),
+                    self.err.lock().unwrap()
+                );
+            }
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(secs),
+                "no {what:?} within {secs} s\nstdout:\n{}\nstderr:\n{}",
+                self.out.lock().unwrap(),
+                self.err.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    /// SIGTERM, and the exit status.
+    fn stop(mut self) -> (std::process::ExitStatus, std::time::Duration) {
+        let t0 = std::time::Instant::now();
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let st = self.child.wait().unwrap();
+        (st, t0.elapsed())
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn watch_config(env: &Env, fs: &LoopBtrfs) -> PathBuf {
+    let cfg = env.path("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[dataset]]\nname = \"vol\"\nsource = \"btrfs\"\npath = {:?}\nsnapshot_dir = {:?}\n",
+            fs.vol().to_str().unwrap(),
+            fs.snaps().to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Issue 11, point 6: snapshots made while `watch` runs are each backed up
+/// within seconds (inotify, debounced), a burst is taken together, the
+/// metrics file follows, and SIGTERM while idle stops it at once with 0.
+#[test]
+fn watch_backs_up_each_new_snapshot_within_seconds() {
+    let Some(fs) = LoopBtrfs::make() else { return };
+    let env = Env::new();
+    env.init();
+    std::fs::write(fs.vol().join("f"), b"zero").unwrap();
+    fs.snapshot("s0");
+    let metrics = env.path("n2s.prom");
+    let mut c = env.cmd();
+    c.env("N2S_CONFIG", watch_config(&env, &fs))
+        .arg("--metrics-file")
+        .arg(&metrics)
+        // A long poll: what is seen within seconds is inotify's doing.
+        .args(["watch", "--debounce", "0.5", "--poll", "600"]);
+    let mut w = Watching::start(c);
+    // A snapshot made while it was not running is taken at start.
+    w.wait_for("snapshot s0 stored as changeset 1", 60);
+    for (i, name) in ["s1", "s2"].iter().enumerate() {
+        std::fs::write(fs.vol().join("f"), format!("version {i}")).unwrap();
+        fs.snapshot(name);
+        let took = w.wait_for(&format!("snapshot {name} stored as changeset {}", i + 2), 30);
+        assert!(took < std::time::Duration::from_secs(15), "{name} took {took:?}");
+    }
+    // A burst: three snapshots at once, backed up in order by one run.
+    for name in ["b1", "b2", "b3"] {
+        std::fs::write(fs.vol().join(name), name).unwrap();
+        fs.snapshot(name);
+    }
+    w.wait_for("snapshot b3 stored as changeset 6", 30);
+    let out = w.out.lock().unwrap().clone();
+    assert_eq!(out.matches("stored as changeset").count(), 6, "every snapshot once: {out}");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(text.contains("n2s_backup_changesets{dataset=\"vol\"} 6"), "{text}");
+    assert!(text.contains("n2s_backup_last_run_success{dataset=\"vol\"} 1"), "{text}");
+    let (st, took) = w.stop();
+    assert_eq!(st.code(), Some(0), "SIGTERM while idle is a clean stop");
+    assert!(took < std::time::Duration::from_secs(3), "stopping took {took:?}");
+    restore_and_compare(&env, &fs.snaps().join("b3"), "b3");
+    restore_and_compare(&env, &fs.snaps().join("s1"), "s1");
+}
+
+/// The backend goes away while `watch` runs: the backup fails, is counted
+/// in the metrics and retried with backoff; once the backend is back, the
+/// snapshot is backed up and restores.
+#[test]
+fn watch_survives_a_backend_outage() {
+    let Some(fs) = LoopBtrfs::make() else { return };
+    let Some(mut env) = Env::on(Target::S3(common::s3::Kind::Moto)) else { return };
+    let moto = env.extra.iter().find(|(k, _)| k == "N2S_S3_ENDPOINT").unwrap().1.clone();
+    let moto_port: u16 = moto.rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap();
+    let proxy = Outage::to(moto_port);
+    for (k, v) in env.extra.iter_mut() {
+        if k == "N2S_S3_ENDPOINT" {
+            *v = format!("http://127.0.0.1:{}", proxy.port);
+        }
+    }
+    env.init();
+    std::fs::write(fs.vol().join("f"), b"before").unwrap();
+    fs.snapshot("s1");
+    let metrics = env.path("n2s.prom");
+    let mut c = env.cmd();
+    c.env("N2S_CONFIG", watch_config(&env, &fs)).env("N2S_METRICS_FILE", &metrics).args([
+        "watch",
+        "--debounce",
+        "0.3",
+        "--poll",
+        "1",
+        "--max-backoff",
+        "2",
+    ]);
+    let mut w = Watching::start(c);
+    w.wait_for("snapshot s1 stored as changeset 1", 60);
+
+    proxy.set(false);
+    std::fs::write(fs.vol().join("f"), b"during the outage").unwrap();
+    fs.snapshot("s2");
+    w.wait_for("backup failed (attempt 1)", 90);
+    w.wait_for("backup failed (attempt 2)", 90);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(text.contains("n2s_backup_last_run_success{dataset=\"vol\"} 0"), "{text}");
+    assert!(text.contains("n2s_backup_last_run_errors{dataset=\"vol\"} 1"), "{text}");
+    assert!(!w.out.lock().unwrap().contains("snapshot s2 stored"));
+
+    proxy.set(true);
+    w.wait_for("snapshot s2 stored as changeset 2", 90);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(text.contains("n2s_backup_last_run_success{dataset=\"vol\"} 1"), "{text}");
+    let (st, _) = w.stop();
+    assert_eq!(st.code(), Some(0));
+    let t = env.path("restored-s2");
+    env.restore("vol", "s2", &t);
+    assert_same_tree(&fs.snaps().join("s2"), &t);
+}
+
+#[test]
+fn watch_refuses_what_it_cannot_watch() {
+    let env = Env::new();
+    env.init();
+    let cfg = env.path("walk.toml");
+    std::fs::write(&cfg, "[[dataset]]\nname = \"live\"\nsource = \"walk\"\npath = \"/tmp\"\n").unwrap();
+    for (args, says) in [
+        (vec!["watch"], "no btrfs or zfs dataset to watch"),
+        (vec!["watch", "--dataset", "live"], "has no snapshots to watch"),
+        (vec!["watch", "--dataset", "other"], "is not in the config file"),
+        (vec!["watch", "--poll=0"], "--poll 0: give 0.2 to 86400 seconds"),
+    ] {
+        let out = env.cmd().env("N2S_CONFIG", &cfg).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+}

@@ -112,12 +112,17 @@ pub fn figures(state: &StatePaths, dataset: &str, now: i64) -> Result<DatasetFig
 
 /// Every dataset this state directory knows, and those a run just named.
 pub fn all_figures(ctx: &Ctx, also: &[String]) -> Result<Vec<DatasetFigures>> {
-    let mut names = ctx.known_datasets()?;
+    figures_of_state(&ctx.state, also)
+}
+
+fn figures_of_state(state: &StatePaths, also: &[String]) -> Result<Vec<DatasetFigures>> {
+    let mut names: Vec<String> =
+        state.catalog_files()?.iter().filter_map(|p| Catalog::dataset_name_of(p).ok()).collect();
     names.extend(also.iter().cloned());
     names.sort();
     names.dedup();
     let now = crate::util::now();
-    names.iter().map(|d| figures(&ctx.state, d, now)).collect()
+    names.iter().map(|d| figures(state, d, now)).collect()
 }
 
 /// A label value, escaped as the exposition format asks.
@@ -222,9 +227,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 /// After a run: write the textfile, when one is configured. A failure to
 /// write it is reported, but never fails the backup it describes.
 pub fn write_if_configured(ctx: &Ctx, also: &[String]) {
-    let Some(path) = &ctx.settings.metrics_file else { return };
-    let written =
-        all_figures(ctx, also).and_then(|f| write_atomically(path, render(&f, crate::util::now()).as_bytes(), 0o644));
+    write_for(ctx.settings.metrics_file.as_deref(), &ctx.state, also)
+}
+
+/// The same, for `watch`, which may have no open repository when a run
+/// failed to reach it.
+pub fn write_for(path: Option<&Path>, state: &StatePaths, also: &[String]) {
+    let Some(path) = path else { return };
+    let written = figures_of_state(state, also)
+        .and_then(|f| write_atomically(path, render(&f, crate::util::now()).as_bytes(), 0o644));
     match written {
         Ok(()) => log::debug!("metrics written to {}", path.display()),
         Err(e) => log::warn!("metrics file: {e:#}"),

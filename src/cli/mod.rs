@@ -25,6 +25,7 @@ mod search;
 mod signals;
 mod status;
 mod verify;
+mod watch;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -193,6 +194,9 @@ pub enum Command {
     /// Rewrite a lost config object, mark lost packs, rebuild missing or
     /// damaged catalogs, and name what became unrestorable.
     Repair(repair::RepairArgs),
+    /// Run until stopped, backing up each new snapshot of the configured
+    /// btrfs and zfs datasets as soon as it appears (inotify, polls).
+    Watch(watch::WatchArgs),
     /// Passphrase-protected copies of the repository key: add, list,
     /// remove, passwd.
     Key {
@@ -232,6 +236,7 @@ impl Command {
             Command::Status(_) => "status",
             Command::Verify(_) => "verify",
             Command::Repair(_) => "repair",
+            Command::Watch(_) => "watch",
             Command::Key { .. } => "key",
             Command::Catalog { .. } => "catalog",
             Command::Config { .. } => "config",
@@ -437,6 +442,7 @@ pub fn main() -> ExitCode {
         Command::Status(a) => status::run(&g, a),
         Command::Verify(a) => verify::run(&g, a),
         Command::Repair(a) => repair::run(&g, a),
+        Command::Watch(a) => watch::run(&g, a),
         Command::Key { command } => key::run(&g, command),
         Command::Catalog { command } => catalog::run(&g, command),
         Command::Config { command } => config_check::run(&g, command),
