@@ -111,7 +111,8 @@ fn the_package_holds_the_agent_units_hooks_docs_and_a_private_config() {
     mode("/usr/share/zsh/vendor-completions/_n2s-agent");
     mode("/usr/share/fish/vendor_completions.d/n2s-agent.fish");
     mode("/usr/share/doc/n2s-agent/copyright");
-    mode("/usr/share/doc/n2s-agent/changelog.Debian.gz");
+    mode("/usr/share/doc/n2s-agent/changelog.gz");
+    mode("/usr/share/lintian/overrides/n2s-agent");
     assert_eq!((mode("/etc/n2s"), mode("/etc/n2s/agent.toml")), ("drwx------", "-rw-------"));
     assert_eq!(mode("/var/lib/n2s"), "drwx------");
     assert!(!entries.contains_key("/etc/n2s/key"), "a package never ships a key");
@@ -121,6 +122,8 @@ fn the_package_holds_the_agent_units_hooks_docs_and_a_private_config() {
     let control = env.path("control");
     ok(Command::new("dpkg-deb").arg("--control").arg(&deb).arg(&control));
     assert_eq!(std::fs::read_to_string(control.join("conffiles")).unwrap(), "/etc/n2s/agent.toml\n");
+    let sums = std::fs::read_to_string(control.join("md5sums")).unwrap();
+    assert!(sums.lines().any(|l| l.ends_with("  usr/bin/n2s-agent")) && !sums.contains("etc/n2s/agent.toml"), "{sums}");
     for s in ["postinst", "prerm", "postrm"] {
         let body = std::fs::read_to_string(control.join(s)).unwrap();
         assert!(body.starts_with("#!/bin/sh\nset -e\n"), "{s}:\n{body}");
@@ -346,6 +349,8 @@ fn installs_upgrades_and_purges_in_a_clean_debootstrap_chroot() {
     ] {
         assert!(files.lines().any(|l| l == f), "dpkg -L lacks {f}:\n{files}");
     }
+    let verify = chroot_ok(&root, &["dpkg", "--verify", "n2s-agent"]);
+    assert_eq!(verify, "", "dpkg --verify (md5sums)");
     assert!(!root.join("etc/systemd/system/timers.target.wants/n2s-agent.timer").exists(), "the timer was enabled");
     let modes = chroot_ok(&root, &["stat", "-c", "%a %U %n", "/var/lib/n2s", "/etc/n2s", "/etc/n2s/agent.toml"]);
     assert_eq!(modes, "700 root /var/lib/n2s\n700 root /etc/n2s\n600 root /etc/n2s/agent.toml\n");
