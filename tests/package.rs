@@ -423,3 +423,155 @@ fn installs_upgrades_and_purges_in_a_clean_debootstrap_chroot() {
     let check = chroot_ok(&root, &["n2s-agent", "config", "check"]);
     assert!(check.contains("the key opens it"), "{check}");
 }
+
+/// The minbase tarball with btrbk (and btrfs-progs) installed from the
+/// mirror by apt inside the chroot, cached beside it under the same kind of
+/// lock.
+fn btrbk_tarball() -> Option<PathBuf> {
+    let base = minbase_tarball()?;
+    let tar = scratch_root().join(format!("n2s-debootstrap-{}-btrbk.tar", suite()));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(tar.with_extension("lock"))
+        .unwrap();
+    // SAFETY: flock on a descriptor we own; the lock goes with the file.
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0, "flock");
+    if tar.is_file() {
+        return Some(tar);
+    }
+    let build = Scratch::new("n2s-debootstrap-btrbk-");
+    let root = build.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    ok(Command::new("tar").arg("-C").arg(&root).args(["--numeric-owner", "-xpf"]).arg(&base));
+    if let Ok(r) = std::fs::read("/etc/resolv.conf") {
+        std::fs::write(root.join("etc/resolv.conf"), r).unwrap();
+    }
+    let t0 = std::time::Instant::now();
+    let mut out = chroot(&root, &["apt-get", "update", "-q"]);
+    if out.status.success() {
+        out = chroot(
+            &root,
+            &["apt-get", "install", "-y", "-q", "--no-install-recommends", "btrbk", "btrfs-progs", "util-linux"],
+        );
+    }
+    if !out.status.success() {
+        assert!(std::env::var("CI").is_err(), "CI must be able to apt-get install btrbk in the chroot:\n{}", text(&out));
+        eprintln!("!!!!!!!! SKIPPED LOUDLY: apt-get install btrbk in the chroot failed:\n{}", text(&out));
+        return None;
+    }
+    chroot_ok(&root, &["apt-get", "clean"]);
+    let tmp = tar.with_extension("tar.tmp");
+    ok(Command::new("tar").arg("-C").arg(&root).args(["--numeric-owner", "-cf"]).arg(&tmp).arg("."));
+    std::fs::rename(&tmp, &tar).unwrap();
+    eprintln!("btrbk in the chroot: {:.0?}, cached as {}", t0.elapsed(), tar.display());
+    Some(tar)
+}
+
+/// Issue 11, "done means": a fresh Debian (a debootstrap chroot with btrbk
+/// from the mirror) installs the .deb, `config check` passes, btrbk takes a
+/// snapshot through the packaged n2s-btrbk wrapper, and that snapshot is
+/// backed up, logged with journal priorities, and counted in the metrics
+/// file; it then restores identical to itself.
+#[test]
+fn day_one_a_btrbk_snapshot_is_backed_up_logged_and_counted() {
+    if !is_root() {
+        assert!(std::env::var("CI").is_err(), "CI must run the tests as root: chroot and loop devices need it");
+        eprintln!("!!!!!!!! SKIPPED LOUDLY: not root !!!!!!!!");
+        return;
+    }
+    if !have_tool("/usr/bin/dpkg-deb") || !have_tool("/usr/sbin/debootstrap") || !have_tool("/usr/sbin/mkfs.btrfs") {
+        return;
+    }
+    let Some(tar) = btrbk_tarball() else { return };
+    let env = Env::new();
+    let deb = build_deb(&env.path("deb"), None, "none");
+    let scratch = Scratch::new("n2s-dayone-");
+    let root = scratch.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    ok(Command::new("tar").arg("-C").arg(&root).args(["--numeric-owner", "-xpf"]).arg(&tar));
+    std::fs::copy(&deb, root.join("tmp/n2s-agent.deb")).unwrap();
+    chroot_ok(&root, &["dpkg", "-i", "/tmp/n2s-agent.deb"]);
+
+    // A real btrfs on a loop device, mounted inside the chroot, and /proc
+    // for btrfs-progs (Scratch unmounts both, even on failure).
+    let img = scratch.path().join("pool.img");
+    std::fs::File::create(&img).unwrap().set_len(512 << 20).unwrap();
+    ok(Command::new("mkfs.btrfs").arg("-q").arg(&img));
+    let pool = root.join("mnt/pool");
+    std::fs::create_dir_all(&pool).unwrap();
+    let mounted = Command::new("mount").arg("-o").arg("loop").arg(&img).arg(&pool).output().unwrap();
+    if !mounted.status.success() {
+        assert!(std::env::var("CI").is_err(), "CI must mount loop devices: {}", text(&mounted));
+        eprintln!("!!!!!!!! SKIPPED LOUDLY: cannot mount a loop device: {}", text(&mounted));
+        return;
+    }
+    ok(Command::new("mount").args(["-t", "proc", "proc"]).arg(root.join("proc")));
+    chroot_ok(&root, &["btrfs", "subvolume", "create", "/mnt/pool/home"]);
+    std::fs::create_dir(pool.join("snaps")).unwrap();
+    std::fs::create_dir_all(pool.join("home/alice")).unwrap();
+    std::fs::write(pool.join("home/alice/notes.txt"), "day one\n").unwrap();
+    std::fs::write(pool.join("home/alice/blob"), Rng(7).bytes(200_000)).unwrap();
+
+    std::fs::write(
+        root.join("etc/n2s/agent.toml"),
+        "repo = \"file:///srv/n2s-repo\"\nkey_file = \"/etc/n2s/key\"\nmetrics_file = \"/var/lib/n2s/n2s.prom\"\n\
+         [[dataset]]\nname = \"home\"\nsource = \"btrfs\"\npath = \"/mnt/pool/home\"\nsnapshot_dir = \"/mnt/pool/snaps\"\n",
+    )
+    .unwrap();
+    chroot_ok(&root, &["n2s-agent", "init"]);
+    let check = chroot_ok(&root, &["n2s-agent", "config", "check"]);
+    assert!(!check.contains("FAIL"), "{check}");
+    std::fs::create_dir_all(root.join("etc/btrbk")).unwrap();
+    std::fs::write(
+        root.join("etc/btrbk/btrbk.conf"),
+        "timestamp_format long\nsnapshot_preserve_min all\n\nvolume /mnt/pool\n  snapshot_dir snaps\n  subvolume home\n",
+    )
+    .unwrap();
+
+    // The wrapper as the btrbk.service drop-in runs it, its stderr a file
+    // that JOURNAL_STREAM names, as systemd sets it for a unit's stderr.
+    let log = scratch.path().join("journal-stream");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let meta = log_file.metadata().unwrap();
+    let stream = format!("{}:{}", std::os::unix::fs::MetadataExt::dev(&meta), std::os::unix::fs::MetadataExt::ino(&meta));
+    let out = Command::new("chroot")
+        .arg(&root)
+        .args(["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "N2S_HOOK_WAIT=1"])
+        .arg(format!("JOURNAL_STREAM={stream}"))
+        .args(["/usr/lib/n2s-agent/n2s-btrbk", "-q", "run"])
+        .stdin(std::process::Stdio::null())
+        .stderr(log_file)
+        .output()
+        .unwrap();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(out.status.success(), "n2s-btrbk run: {:?}\n{}\n{logged}", out.status, String::from_utf8_lossy(&out.stdout));
+
+    // Backed up: the snapshot btrbk made is the dataset's changeset 1.
+    let snaps: Vec<String> =
+        std::fs::read_dir(pool.join("snaps")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    let list = chroot_ok(&root, &["n2s-agent", "list", "--dataset", "home", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let changesets = list["changesets"].as_array().unwrap();
+    assert_eq!(changesets.len(), 1, "{list}");
+    assert_eq!(changesets[0]["snapshot"], snaps[0].as_str());
+    assert_eq!(changesets[0]["status"], "complete");
+    // Logged for the journal: every agent line carries its priority.
+    let agent_lines: Vec<&str> = logged.lines().filter(|l| l.contains("home")).collect();
+    assert!(!agent_lines.is_empty(), "nothing logged: {logged}");
+    for l in logged.lines().filter(|l| !l.is_empty()) {
+        assert!(
+            l.len() > 3 && l.starts_with('<') && l.as_bytes()[1].is_ascii_digit() && &l[2..3] == ">",
+            "a line without a journal priority: {l:?}\n{logged}"
+        );
+    }
+    // Counted: the metrics file names the run.
+    let prom = std::fs::read_to_string(root.join("var/lib/n2s/n2s.prom")).unwrap();
+    assert!(prom.contains("n2s_backup_last_run_success{dataset=\"home\"} 1"), "{prom}");
+    assert!(prom.contains("n2s_backup_changesets{dataset=\"home\"} 1"), "{prom}");
+    // And it restores.
+    chroot_ok(&root, &["n2s-agent", "restore", "latest", "--dataset", "home", "--target", "/tmp/restored"]);
+    assert_same_tree(&pool.join("snaps").join(&snaps[0]), &root.join("tmp/restored"));
+}
