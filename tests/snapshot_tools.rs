@@ -226,10 +226,10 @@ fn a_snapper_snapshot_is_backed_up_by_the_plugin() {
     fill(&vol, &mut rng);
     let name = unique(&env, "snapper");
     let config = SnapperConfig::create(&name, &vol);
-    // The opt-in the plugin looks for, naming the n2s dataset.
-    let mut text = std::fs::read_to_string(config.file()).unwrap();
-    text.push_str("\n# n2s-agent's snapper plugin backs this config up as:\nN2S_DATASET=\"snapper-ds\"\n");
-    std::fs::write(config.file(), text).unwrap();
+    // The opt-in the plugin looks for, naming the n2s dataset, set the way
+    // README tells (snapper keeps a key it does not know).
+    run_ok(snapper(&name).args(["set-config", "N2S_DATASET=snapper-ds"]));
+    assert!(std::fs::read_to_string(config.file()).unwrap().contains("N2S_DATASET=\"snapper-ds\""));
     let _plugin = PluginLink::install(&name);
     // The dataset's snapshot_dir is left to its default, snapper's layout.
     let agent_toml = agent_config(&env, "snapper-ds", &vol, None);
