@@ -324,3 +324,66 @@ fn the_hooks_unit_is_hardened_like_the_service() {
     let t = std::fs::read_to_string(dir.join("n2s-agent@.service")).unwrap();
     assert!(t.contains("ExecStart=/usr/local/bin/n2s-agent backup --dataset %I"), "{t}");
 }
+
+/// The exposure README's "systemd hardening" documents for both units
+/// (`systemd-analyze security --offline=yes`, systemd 252): it may fall,
+/// never rise.
+const DOCUMENTED_EXPOSURE: &str = "2.5";
+
+/// `systemd-analyze security --offline=yes` rates each unit at or below the
+/// documented exposure (the number is parsed, and --threshold says the same),
+/// and `systemd-analyze verify` has nothing to say about the units. Both run
+/// without systemd as PID 1.
+#[test]
+fn the_units_stay_as_hardened_as_documented() {
+    if !have_tool("/usr/bin/systemd-analyze") {
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let documented_line = format!("Overall exposure level for n2s-agent.service: {DOCUMENTED_EXPOSURE}");
+    assert!(readme.contains(&documented_line), "README does not document {documented_line:?}");
+    let limit: f64 = DOCUMENTED_EXPOSURE.parse().unwrap();
+    for unit in ["n2s-agent.service", "n2s-agent@.service"] {
+        let path = root.join("systemd").join(unit);
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(format!("--threshold={}", (limit * 10.0).round() as u32))
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let level = text
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for ").nth(1))
+            .and_then(|rest| rest.split(": ").nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no exposure level in the output for {unit}:\n{text}\n{}", stderr(&out)));
+        eprintln!("{unit}: exposure {level}");
+        assert!(
+            level <= limit && out.status.success(),
+            "{unit}: exposure {level} is above the documented {limit}; the unrestricted items:\n{}",
+            text.lines().filter(|l| l.starts_with('✗')).collect::<Vec<_>>().join("\n")
+        );
+    }
+
+    // verify wants the binary the units name: a copy of the units naming
+    // this build's, the way scripts/install rewrites them.
+    let env = Env::new();
+    let dir = env.path("units");
+    std::fs::create_dir(&dir).unwrap();
+    let bin_path = std::path::absolute(bin()).unwrap();
+    let mut units = Vec::new();
+    for unit in ["n2s-agent.service", "n2s-agent@.service", "n2s-agent.timer"] {
+        let text = std::fs::read_to_string(root.join("systemd").join(unit)).unwrap();
+        let text = text.replace("/usr/local/bin/n2s-agent", &bin_path.display().to_string());
+        std::fs::write(dir.join(unit), text).unwrap();
+        units.push(dir.join(unit));
+    }
+    let out = Command::new("systemd-analyze").args(["verify", "--man=no"]).args(&units).output().unwrap();
+    // It exits 0 even for an unknown key or a value it cannot parse, and
+    // says so on stderr: any word from it is a failure.
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+}
