@@ -1,9 +1,11 @@
 //! The snapper plugin and the btrbk wrapper in scripts/hooks, driven by the
 //! real snapper and btrbk from Debian on a real btrfs made on a loop device,
 //! with the real n2s-agent: each snapshot the tool makes is backed up by the
-//! hook and restores identical to itself.
+//! hook and restores identical to itself. And the capabilities that
+//! systemd/n2s-agent.service leaves the agent are enough for btrfs and walk
+//! backups (under setpriv, as systemd is not PID 1 on test machines).
 //!
-//! Needs root, loop devices, btrfs-progs, snapper and btrbk (scripts/setup
+//! Needs root, loop devices, btrfs-progs, snapper, btrbk and setpriv (scripts/setup
 //! installs them). With CI=true a missing one fails the test; elsewhere the
 //! test says loudly that it skipped.
 //!
@@ -353,4 +355,91 @@ fn btrbk_snapshots_are_backed_up_by_the_wrapper() {
     let out = wrapper(&["run", "-t"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("-t"), "{}", stderr(&out));
+}
+
+// ---- the unit's capabilities ------------------------------------------------
+
+/// CapabilityBoundingSet= of systemd/n2s-agent.service as setpriv's
+/// --bounding-set (`-all,+dac_read_search,...`).
+fn unit_bounding_set() -> String {
+    let unit =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd/n2s-agent.service")).unwrap();
+    let caps = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("n2s-agent.service has a CapabilityBoundingSet=");
+    let mut set = String::from("-all");
+    for c in caps.split_whitespace() {
+        set.push_str(&format!(",+{}", c.trim_start_matches("CAP_").to_lowercase()));
+    }
+    set
+}
+
+/// The capabilities n2s-agent.service leaves (its CapabilityBoundingSet=,
+/// with NoNewPrivileges=) suffice for a backup: `btrfs subvolume show`, a
+/// `btrfs send` diff, SQLite, and a walk that reads a file of another owner
+/// with mode 000. systemd is not PID 1 here, so setpriv bounds the agent the
+/// way the unit would; with no capabilities at all the same backup fails,
+/// which shows that setpriv does bound it.
+#[test]
+fn the_units_capabilities_suffice_for_btrfs_and_walk_backups() {
+    let Some(fs) = LoopBtrfs::make(&["/usr/bin/setpriv"]) else { return };
+    let env = Env::new();
+    env.init();
+    let vol = fs.subvolume("vol");
+    let snaps = fs.mnt.join("snaps");
+    std::fs::create_dir(&snaps).unwrap();
+    let mut rng = Rng(seed_from_env_or_time());
+    fill(&vol, &mut rng);
+    let secret = vol.join("etc/secret");
+    std::fs::write(&secret, b"only its owner, and a backup, may read this").unwrap();
+    std::os::unix::fs::chown(&secret, Some(4321), Some(4321)).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let bounded = |set: &str| {
+        let arg = format!("--bounding-set={set}");
+        env.cmd_via(&["setpriv", &arg, "--inh-caps=-all", "--no-new-privs", "--"])
+    };
+    let snapshot = |name: &str| {
+        let to = snaps.join(name);
+        run_ok(Command::new("btrfs").args(["subvolume", "snapshot", "-r"]).arg(&vol).arg(&to));
+        to
+    };
+    let btrfs_backup = |set: &str| {
+        bounded(set)
+            .args(["backup", "--dataset", "vol", "--source", "btrfs", "--path"])
+            .arg(&vol)
+            .arg("--snapshot-dir")
+            .arg(&snaps)
+            .output()
+            .unwrap()
+    };
+    let set = unit_bounding_set();
+    assert!(set.contains("+sys_admin") && !set.contains("+setuid"), "{set}");
+
+    let s1 = snapshot("s1");
+    let out = btrfs_backup("-all");
+    assert!(!out.status.success(), "a backup without any capability worked: setpriv bounded nothing");
+    let out = btrfs_backup(&set);
+    assert!(out.status.success(), "btrfs backup under {set}: {}", stderr(&out));
+    std::fs::write(vol.join("etc/later"), rng.bytes(30_000)).unwrap();
+    let s2 = snapshot("s2");
+    let out = btrfs_backup(&set);
+    assert!(out.status.success(), "btrfs backup under {set}: {}", stderr(&out));
+    let cs = changesets(&env, "vol");
+    let methods: Vec<_> = cs.iter().map(|c| c["method"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(methods, ["walk (first snapshot)", "send"], "{cs:?}");
+    restore_and_compare(&env, "vol", "s1", &s1);
+    restore_and_compare(&env, "vol", "s2", &s2);
+
+    let out = bounded(&set)
+        .args(["backup", "--dataset", "live", "--source", "walk", "--path"])
+        .arg(&vol)
+        .args(["--snapshot", "w1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "walk backup under {set}: {}", stderr(&out));
+    let t = env.path("restored-live");
+    env.restore("live", "w1", &t);
+    let restored = t.join("etc/secret");
+    assert_eq!(std::fs::read(&restored).unwrap(), b"only its owner, and a backup, may read this");
 }
