@@ -256,6 +256,7 @@ fn install_and_uninstall_into_a_destdir() {
     for f in [
         "etc/systemd/system/n2s-agent.service",
         "etc/systemd/system/n2s-agent.timer",
+        "etc/systemd/system/n2s-agent-watch.service",
         "usr/local/lib/n2s-agent/sanoid-post-snapshot",
         "usr/local/lib/n2s-agent/zfs-auto-snapshot-post",
         "usr/local/lib/n2s-agent/snapper-plugin",
@@ -323,6 +324,20 @@ fn the_hooks_unit_is_hardened_like_the_service() {
     assert_eq!(service, template, "n2s-agent@.service's [Service] differs from n2s-agent.service's");
     let t = std::fs::read_to_string(dir.join("n2s-agent@.service")).unwrap();
     assert!(t.contains("ExecStart=/usr/local/bin/n2s-agent backup --dataset %I"), "{t}");
+    // The watch unit: a long-running service, with the same hardening.
+    let lifecycle = ["Type=", "TimeoutStartSec=", "TimeoutStopSec=", "Restart=", "RestartSec="];
+    let without = |lines: Vec<String>| -> Vec<String> {
+        lines.into_iter().filter(|l| !lifecycle.iter().any(|p| l.starts_with(p))).collect()
+    };
+    let watch = service_lines("n2s-agent-watch.service");
+    assert!(watch.contains(&"Type=simple".to_string()), "{watch:?}");
+    assert_eq!(
+        without(service),
+        without(watch),
+        "n2s-agent-watch.service's [Service] differs from n2s-agent.service's"
+    );
+    let w = std::fs::read_to_string(dir.join("n2s-agent-watch.service")).unwrap();
+    assert!(w.contains("ExecStart=/usr/local/bin/n2s-agent watch\n"), "{w}");
 }
 
 /// The exposure README's "systemd hardening" documents for both units
@@ -344,7 +359,7 @@ fn the_units_stay_as_hardened_as_documented() {
     let documented_line = format!("Overall exposure level for n2s-agent.service: {DOCUMENTED_EXPOSURE}");
     assert!(readme.contains(&documented_line), "README does not document {documented_line:?}");
     let limit: f64 = DOCUMENTED_EXPOSURE.parse().unwrap();
-    for unit in ["n2s-agent.service", "n2s-agent@.service"] {
+    for unit in ["n2s-agent.service", "n2s-agent@.service", "n2s-agent-watch.service"] {
         let path = root.join("systemd").join(unit);
         let out = Command::new("systemd-analyze")
             .args(["security", "--offline=yes", "--no-pager"])
@@ -375,7 +390,7 @@ fn the_units_stay_as_hardened_as_documented() {
     std::fs::create_dir(&dir).unwrap();
     let bin_path = std::path::absolute(bin()).unwrap();
     let mut units = Vec::new();
-    for unit in ["n2s-agent.service", "n2s-agent@.service", "n2s-agent.timer"] {
+    for unit in ["n2s-agent.service", "n2s-agent@.service", "n2s-agent.timer", "n2s-agent-watch.service"] {
         let text = std::fs::read_to_string(root.join("systemd").join(unit)).unwrap();
         let text = text.replace("/usr/local/bin/n2s-agent", &bin_path.display().to_string());
         std::fs::write(dir.join(unit), text).unwrap();

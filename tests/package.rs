@@ -6,10 +6,13 @@
 //! the key and the catalogs.
 //!
 //! The chroot is cached as a tarball in the scratch root (/var/tmp), built
-//! once under a lock, and extracted per test (a second). Nothing is mounted
-//! in it: dpkg and the agent need neither /proc nor more of /dev than
-//! debootstrap makes. Without root, debootstrap or a reachable Debian mirror
-//! the chroot test is skipped loudly, and fails under CI=true.
+//! once under a lock, and extracted per test (a second). The install test
+//! mounts nothing in it: dpkg and the agent need neither /proc nor more of
+//! /dev than debootstrap makes. The "day one" test adds btrbk from the
+//! mirror (cached too), a loop-device btrfs, and runs the packaged btrbk
+//! wrapper in a mount namespace rooted at the chroot. Without root,
+//! debootstrap or a reachable Debian mirror these tests are skipped loudly,
+//! and fail under CI=true.
 
 mod common;
 use common::*;
@@ -95,7 +98,7 @@ fn the_package_holds_the_agent_units_hooks_docs_and_a_private_config() {
     assert!(entries.values().all(|(_, owner)| owner == "root/root"), "{listing}");
     assert!(!entries.keys().any(|p| p.starts_with("/usr/local") || p.starts_with("/etc/systemd")), "{listing}");
     assert_eq!(mode("/usr/bin/n2s-agent"), "-rwxr-xr-x");
-    for unit in ["n2s-agent.service", "n2s-agent@.service", "n2s-agent.timer"] {
+    for unit in ["n2s-agent.service", "n2s-agent@.service", "n2s-agent.timer", "n2s-agent-watch.service"] {
         assert_eq!(mode(&format!("/lib/systemd/system/{unit}")), "-rw-r--r--");
     }
     for hook in ["sanoid-post-snapshot", "zfs-auto-snapshot-post"] {
@@ -339,6 +342,7 @@ fn installs_upgrades_and_purges_in_a_clean_debootstrap_chroot() {
     for f in [
         "/usr/bin/n2s-agent",
         "/lib/systemd/system/n2s-agent.timer",
+        "/lib/systemd/system/n2s-agent-watch.service",
         "/usr/lib/n2s-agent/sanoid-post-snapshot",
         "/usr/share/man/man1/n2s-agent.1.gz",
         "/usr/share/man/man1/n2s-agent-restore.1.gz",
@@ -430,12 +434,8 @@ fn installs_upgrades_and_purges_in_a_clean_debootstrap_chroot() {
 fn btrbk_tarball() -> Option<PathBuf> {
     let base = minbase_tarball()?;
     let tar = scratch_root().join(format!("n2s-debootstrap-{}-btrbk.tar", suite()));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(tar.with_extension("lock"))
-        .unwrap();
+    let lock =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(tar.with_extension("lock")).unwrap();
     // SAFETY: flock on a descriptor we own; the lock goes with the file.
     assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0, "flock");
     if tar.is_file() {
@@ -457,7 +457,11 @@ fn btrbk_tarball() -> Option<PathBuf> {
         );
     }
     if !out.status.success() {
-        assert!(std::env::var("CI").is_err(), "CI must be able to apt-get install btrbk in the chroot:\n{}", text(&out));
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must be able to apt-get install btrbk in the chroot:\n{}",
+            text(&out)
+        );
         eprintln!("!!!!!!!! SKIPPED LOUDLY: apt-get install btrbk in the chroot failed:\n{}", text(&out));
         return None;
     }
@@ -494,8 +498,8 @@ fn day_one_a_btrbk_snapshot_is_backed_up_logged_and_counted() {
     std::fs::copy(&deb, root.join("tmp/n2s-agent.deb")).unwrap();
     chroot_ok(&root, &["dpkg", "-i", "/tmp/n2s-agent.deb"]);
 
-    // A real btrfs on a loop device, mounted inside the chroot, and /proc
-    // for btrfs-progs (Scratch unmounts both, even on failure).
+    // A real btrfs on a loop device, mounted inside the chroot (Scratch
+    // unmounts it, even on failure).
     let img = scratch.path().join("pool.img");
     std::fs::File::create(&img).unwrap().set_len(512 << 20).unwrap();
     ok(Command::new("mkfs.btrfs").arg("-q").arg(&img));
@@ -507,8 +511,7 @@ fn day_one_a_btrbk_snapshot_is_backed_up_logged_and_counted() {
         eprintln!("!!!!!!!! SKIPPED LOUDLY: cannot mount a loop device: {}", text(&mounted));
         return;
     }
-    ok(Command::new("mount").args(["-t", "proc", "proc"]).arg(root.join("proc")));
-    chroot_ok(&root, &["btrfs", "subvolume", "create", "/mnt/pool/home"]);
+    ok(Command::new("btrfs").args(["subvolume", "create"]).arg(pool.join("home")));
     std::fs::create_dir(pool.join("snaps")).unwrap();
     std::fs::create_dir_all(pool.join("home/alice")).unwrap();
     std::fs::write(pool.join("home/alice/notes.txt"), "day one\n").unwrap();
@@ -535,8 +538,18 @@ fn day_one_a_btrbk_snapshot_is_backed_up_logged_and_counted() {
     let log = scratch.path().join("journal-stream");
     let log_file = std::fs::File::create(&log).unwrap();
     let meta = log_file.metadata().unwrap();
-    let stream = format!("{}:{}", std::os::unix::fs::MetadataExt::dev(&meta), std::os::unix::fs::MetadataExt::ino(&meta));
-    let out = Command::new("chroot")
+    let stream =
+        format!("{}:{}", std::os::unix::fs::MetadataExt::dev(&meta), std::os::unix::fs::MetadataExt::ino(&meta));
+    // btrbk reads /proc/self/mountinfo and refuses a chroot's view of the
+    // host's mounts: the wrapper runs in a mount namespace whose root is
+    // the chroot itself (pivot_root), as it would on a machine of its own.
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--fork", "--", "sh", "-ec"])
+        .arg(
+            "R=$1; shift; mount --rbind \"$R\" \"$R\"; cd \"$R\"; mkdir -p .oldroot; pivot_root . .oldroot; \
+             cd /; mount -t proc proc /proc; umount -l /.oldroot; rmdir /.oldroot; exec \"$@\"",
+        )
+        .arg("sh")
         .arg(&root)
         .args(["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "N2S_HOOK_WAIT=1"])
         .arg(format!("JOURNAL_STREAM={stream}"))
@@ -546,7 +559,12 @@ fn day_one_a_btrbk_snapshot_is_backed_up_logged_and_counted() {
         .output()
         .unwrap();
     let logged = std::fs::read_to_string(&log).unwrap();
-    assert!(out.status.success(), "n2s-btrbk run: {:?}\n{}\n{logged}", out.status, String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "n2s-btrbk run: {:?}\n{}\n{logged}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // Backed up: the snapshot btrbk made is the dataset's changeset 1.
     let snaps: Vec<String> =
