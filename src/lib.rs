@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod catalog;
 pub mod cli;
+pub mod client;
 pub mod core;
 pub mod engine;
 pub mod fsx;

@@ -353,49 +353,8 @@ impl Ctx {
     }
 }
 
-/// Find a changeset by snapshot name, `latest`, or `#N`.
-pub fn find_changeset(cat: &Catalog, snapshot: &str) -> Result<crate::catalog::ChangesetRow> {
-    let found = if snapshot == "latest" {
-        cat.latest_complete()?
-    } else if let Some(n) = snapshot.strip_prefix('#').and_then(|n| n.parse().ok()) {
-        cat.changeset(n)?
-    } else {
-        cat.changeset_by_snapshot(snapshot)?
-    };
-    match found {
-        Some(c) if c.status == crate::catalog::ChangesetStatus::Complete => Ok(c),
-        Some(c) if c.status == crate::catalog::ChangesetStatus::Damaged => anyhow::bail!(
-            "snapshot {} (changeset {}) of dataset {} cannot be restored: its manifest in the repository {}; `n2s-agent list --dataset {}` shows which changesets can",
-            c.snapshot,
-            c.id,
-            cat.dataset(),
-            c.method.strip_prefix("damaged: ").unwrap_or(&c.method),
-            cat.dataset()
-        ),
-        Some(c) => anyhow::bail!(
-            "snapshot {snapshot} of dataset {} is not completely backed up yet (status {}); run backup to finish it",
-            cat.dataset(),
-            c.status.as_str()
-        ),
-        None => {
-            let forgotten = cat.forgotten_changesets()?;
-            if let Some(f) = forgotten.iter().find(|f| f.snapshot == snapshot || format!("#{}", f.number) == snapshot) {
-                anyhow::bail!(
-                    "snapshot {} (changeset {}) of dataset {} was forgotten (`forget`) and cannot be restored; `n2s-agent list --dataset {}` shows what can",
-                    f.snapshot,
-                    f.number,
-                    cat.dataset(),
-                    cat.dataset()
-                );
-            }
-            anyhow::bail!(
-                "dataset {} has no backed-up snapshot {snapshot:?}: see `n2s-agent list --dataset {}`",
-                cat.dataset(),
-                cat.dataset()
-            )
-        }
-    }
-}
+/// The CLI and the client API pick changesets the same way.
+pub use crate::client::find_changeset;
 
 pub fn main() -> ExitCode {
     // SIGPIPE stays ignored (Rust's default): a backend's pipe or socket
