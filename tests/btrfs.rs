@@ -7,71 +7,15 @@
 //! them fails the test; elsewhere the test says it skipped.
 
 mod common;
+use common::loopbtrfs::LoopBtrfs;
 use common::*;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-struct LoopBtrfs {
-    _dir: tempfile::TempDir,
-    mnt: PathBuf,
-}
-
 fn run_ok(c: &mut Command) {
     let out = c.output().expect("run");
     assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-impl LoopBtrfs {
-    fn make() -> Option<LoopBtrfs> {
-        let missing = |why: &str| {
-            assert!(std::env::var("CI").is_err(), "CI must provide btrfs on loop devices: {why}");
-            eprintln!("SKIPPED LOUDLY: btrfs test: {why}");
-            None
-        };
-        if !is_root() {
-            return missing("not root");
-        }
-        if Command::new("mkfs.btrfs").arg("--version").output().is_err() {
-            return missing("mkfs.btrfs missing: run scripts/setup");
-        }
-        let dir = tempfile::Builder::new().prefix("n2s-btrfs-").tempdir_in(scratch_root()).unwrap();
-        let img = dir.path().join("img");
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        std::fs::File::create(&img).unwrap().set_len(1 << 30).unwrap();
-        run_ok(Command::new("mkfs.btrfs").arg("-q").arg(&img));
-        let mounted = Command::new("mount").arg("-o").arg("loop").arg(&img).arg(&mnt).output().unwrap();
-        if !mounted.status.success() {
-            return missing(&format!("cannot mount a loop device: {}", String::from_utf8_lossy(&mounted.stderr)));
-        }
-        let fs = LoopBtrfs { _dir: dir, mnt };
-        run_ok(Command::new("btrfs").args(["subvolume", "create"]).arg(fs.vol()));
-        std::fs::create_dir(fs.snaps()).unwrap();
-        Some(fs)
-    }
-    fn vol(&self) -> PathBuf {
-        self.mnt.join("vol")
-    }
-    fn snaps(&self) -> PathBuf {
-        self.mnt.join("snaps")
-    }
-    fn snapshot(&self, name: &str) -> PathBuf {
-        let to = self.snaps().join(name);
-        run_ok(Command::new("btrfs").args(["subvolume", "snapshot", "-r"]).arg(self.vol()).arg(&to));
-        to
-    }
-}
-
-impl Drop for LoopBtrfs {
-    fn drop(&mut self) {
-        // Unmount even when the test failed; the loop device goes with it.
-        let quiet =
-            |c: &mut Command| c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status();
-        if !quiet(Command::new("umount").arg(&self.mnt)).is_ok_and(|s| s.success()) {
-            let _ = quiet(Command::new("umount").arg("-l").arg(&self.mnt));
-        }
-    }
 }
 
 fn btrfs_backup_cmd(env: &Env, fs: &LoopBtrfs) -> Command {
@@ -100,7 +44,7 @@ fn restore_and_compare(env: &Env, snapshot: &Path, name: &str) {
 
 #[test]
 fn ten_randomized_snapshots_back_up_and_restore_exactly() {
-    let Some(fs) = LoopBtrfs::make() else { return };
+    let Some(fs) = LoopBtrfs::with_vol() else { return };
     let seed = seed_from_env_or_time();
     eprintln!("seed {seed} (rerun with N2S_TEST_SEED={seed})");
     let mut rng = Rng(seed);
@@ -146,7 +90,7 @@ fn ten_randomized_snapshots_back_up_and_restore_exactly() {
 
 #[test]
 fn a_deleted_parent_falls_back_to_a_walk_and_a_writable_snapshot_is_refused() {
-    let Some(fs) = LoopBtrfs::make() else { return };
+    let Some(fs) = LoopBtrfs::with_vol() else { return };
     let vol = fs.vol();
     std::fs::write(vol.join("a"), b"one").unwrap();
     let env = Env::new();
@@ -177,7 +121,7 @@ fn a_deleted_parent_falls_back_to_a_walk_and_a_writable_snapshot_is_refused() {
 
 #[test]
 fn a_snapshot_made_during_a_backup_is_taken_by_the_next_run() {
-    let Some(fs) = LoopBtrfs::make() else { return };
+    let Some(fs) = LoopBtrfs::with_vol() else { return };
     let vol = fs.vol();
     let mut rng = Rng(17);
     for i in 0..40 {
@@ -207,7 +151,7 @@ fn a_snapshot_made_during_a_backup_is_taken_by_the_next_run() {
 
 #[test]
 fn snapshotting_a_backed_up_snapshot_does_not_confuse_the_next_run() {
-    let Some(fs) = LoopBtrfs::make() else { return };
+    let Some(fs) = LoopBtrfs::with_vol() else { return };
     std::fs::write(fs.vol().join("a"), b"one").unwrap();
     let env = Env::new();
     env.init();
@@ -228,7 +172,7 @@ fn snapshotting_a_backed_up_snapshot_does_not_confuse_the_next_run() {
 
 #[test]
 fn take_snapshot_and_the_default_snapper_layout() {
-    let Some(fs) = LoopBtrfs::make() else { return };
+    let Some(fs) = LoopBtrfs::with_vol() else { return };
     let vol = fs.vol();
     std::fs::write(vol.join("a"), b"one").unwrap();
     let env = Env::new();
@@ -269,7 +213,7 @@ fn take_snapshot_and_the_default_snapper_layout() {
 
 #[test]
 fn a_base_snapshot_made_writable_falls_back_to_a_walk() {
-    let Some(fs) = LoopBtrfs::make() else { return };
+    let Some(fs) = LoopBtrfs::with_vol() else { return };
     std::fs::write(fs.vol().join("a"), b"one").unwrap();
     let env = Env::new();
     env.init();
@@ -288,7 +232,7 @@ fn a_base_snapshot_made_writable_falls_back_to_a_walk() {
 
 #[test]
 fn a_snapshot_name_used_again_is_kept_apart() {
-    let Some(fs) = LoopBtrfs::make() else { return };
+    let Some(fs) = LoopBtrfs::with_vol() else { return };
     std::fs::write(fs.vol().join("a"), b"one").unwrap();
     let env = Env::new();
     env.init();
@@ -312,7 +256,7 @@ fn a_snapshot_name_used_again_is_kept_apart() {
 
 #[test]
 fn a_walk_of_a_live_subvolume_stays_out_of_nested_subvolumes() {
-    let Some(fs) = LoopBtrfs::make() else { return };
+    let Some(fs) = LoopBtrfs::with_vol() else { return };
     let vol = fs.vol();
     std::fs::create_dir_all(vol.join("dir")).unwrap();
     std::fs::write(vol.join("dir/own"), b"own").unwrap();
@@ -344,7 +288,7 @@ fn a_walk_of_a_live_subvolume_stays_out_of_nested_subvolumes() {
 /// diffed against the last complete one.
 #[test]
 fn a_snapshot_destroyed_before_its_upload_finished_is_abandoned_and_backups_go_on() {
-    let Some(fs) = LoopBtrfs::make() else { return };
+    let Some(fs) = LoopBtrfs::with_vol() else { return };
     let env = Env::new();
     env.init();
     std::fs::create_dir_all(fs.vol().join("d")).unwrap();
@@ -419,7 +363,7 @@ fn a_snapshot_destroyed_before_its_upload_finished_is_abandoned_and_backups_go_o
 
 #[test]
 fn excludes_apply_to_the_changes_a_send_stream_names() {
-    let Some(fs) = LoopBtrfs::make() else { return };
+    let Some(fs) = LoopBtrfs::with_vol() else { return };
     let vol = fs.vol();
     std::fs::create_dir_all(vol.join("data")).unwrap();
     std::fs::write(vol.join("data/keep"), b"keep").unwrap();
@@ -462,7 +406,7 @@ fn excludes_apply_to_the_changes_a_send_stream_names() {
 
 #[test]
 fn config_check_counts_a_btrfs_datasets_snapshots_and_writes_nothing() {
-    let Some(fs) = LoopBtrfs::make() else { return };
+    let Some(fs) = LoopBtrfs::with_vol() else { return };
     std::fs::write(fs.vol().join("f"), b"x").unwrap();
     fs.snapshot("s1");
     fs.snapshot("s2");
@@ -650,7 +594,7 @@ fn watch_config(env: &Env, fs: &LoopBtrfs) -> PathBuf {
 /// metrics file follows, and SIGTERM while idle stops it at once with 0.
 #[test]
 fn watch_backs_up_each_new_snapshot_within_seconds() {
-    let Some(fs) = LoopBtrfs::make() else { return };
+    let Some(fs) = LoopBtrfs::with_vol() else { return };
     let env = Env::new();
     env.init();
     std::fs::write(fs.vol().join("f"), b"zero").unwrap();
@@ -694,7 +638,7 @@ fn watch_backs_up_each_new_snapshot_within_seconds() {
 /// snapshot is backed up and restores.
 #[test]
 fn watch_survives_a_backend_outage() {
-    let Some(fs) = LoopBtrfs::make() else { return };
+    let Some(fs) = LoopBtrfs::with_vol() else { return };
     let Some(mut env) = Env::on(Target::S3(common::s3::Kind::Moto)) else { return };
     let moto = env.extra.iter().find(|(k, _)| k == "N2S_S3_ENDPOINT").unwrap().1.clone();
     let moto_port: u16 = moto.rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap();

@@ -15,6 +15,7 @@
 //! uniquely for this run, and removes them when it ends (even on failure).
 
 mod common;
+use common::loopbtrfs::LoopBtrfs;
 use common::*;
 
 use std::path::{Path, PathBuf};
@@ -36,59 +37,6 @@ fn run_ok(c: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A 1 GiB btrfs on a loop device, unmounted (and so detached: `mount -o
-/// loop` sets autoclear) when dropped.
-struct LoopBtrfs {
-    _dir: tempfile::TempDir,
-    mnt: PathBuf,
-}
-
-impl LoopBtrfs {
-    /// None (a loud skip; a failure under CI) when this machine cannot.
-    fn make(tools: &[&str]) -> Option<LoopBtrfs> {
-        let missing = |why: &str| {
-            assert!(std::env::var("CI").is_err(), "CI must provide btrfs on loop devices and {tools:?}: {why}");
-            eprintln!("!!!!!!!! SKIPPED LOUDLY: snapshot tool test: {why} !!!!!!!!");
-            None
-        };
-        if !is_root() {
-            return missing("not root");
-        }
-        for t in tools.iter().chain(&["/usr/bin/btrfs", "/usr/sbin/mkfs.btrfs"]) {
-            if !Path::new(t).exists() && !Path::new(&t.replace("/usr/sbin/", "/sbin/")).exists() {
-                return missing(&format!("{t} is not installed: run scripts/setup"));
-            }
-        }
-        let dir = tempfile::Builder::new().prefix("n2s-btrfs-").tempdir_in(scratch_root()).unwrap();
-        let img = dir.path().join("img");
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        std::fs::File::create(&img).unwrap().set_len(1 << 30).unwrap();
-        run_ok(Command::new("mkfs.btrfs").arg("-q").arg(&img));
-        let mounted = Command::new("mount").arg("-o").arg("loop").arg(&img).arg(&mnt).output().unwrap();
-        if !mounted.status.success() {
-            return missing(&format!("cannot mount a loop device: {}", String::from_utf8_lossy(&mounted.stderr)));
-        }
-        Some(LoopBtrfs { _dir: dir, mnt })
-    }
-
-    fn subvolume(&self, name: &str) -> PathBuf {
-        let p = self.mnt.join(name);
-        run_ok(Command::new("btrfs").args(["subvolume", "create"]).arg(&p));
-        p
-    }
-}
-
-impl Drop for LoopBtrfs {
-    fn drop(&mut self) {
-        let quiet =
-            |c: &mut Command| c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status();
-        if !quiet(Command::new("umount").arg(&self.mnt)).is_ok_and(|s| s.success()) {
-            let _ = quiet(Command::new("umount").arg("-l").arg(&self.mnt));
-        }
-    }
 }
 
 /// A name no other run (of this test binary or another) uses at the same time.

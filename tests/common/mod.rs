@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod ipfs;
+pub mod loopbtrfs;
 pub mod rclone;
 pub mod s3;
 pub mod sftp;
