@@ -142,25 +142,17 @@ impl Client {
     pub fn open_with_key(url: &str, key: &MasterKey, state_dir: &Path) -> Result<Client> {
         let backend = crate::backend::open(url)?;
         let repo = Arc::new(Repository::open(backend, key)?);
-        let state = StatePaths::new(state_dir, &repo.config.id)?;
-        crate::source::spill::set_scratch_dir(&state.root().join("tmp"));
+        let state = open_state(&repo, state_dir)?;
         Ok(Client { repo, state })
     }
 
     /// Create a repository at `url`, and the key file if it does not exist
     /// yet (mode 0600: keep a copy of it somewhere safe).
     pub fn init(url: &str, key_file: &Path, state_dir: &Path) -> Result<Client> {
-        let backend = crate::backend::open(url)?;
-        Repository::check_location_is_free(&*backend)?;
-        let key = if key_file.exists() {
-            MasterKey::load(key_file)?
-        } else {
-            let k = MasterKey::generate()?;
-            k.save_new(key_file)?;
-            k
-        };
-        Repository::init(backend, &key)?;
-        Self::open_with_key(url, &key, state_dir)
+        let (repo, _) = init_repository(crate::backend::open(url)?, key_file)?;
+        let repo = Arc::new(repo);
+        let state = open_state(&repo, state_dir)?;
+        Ok(Client { repo, state })
     }
 
     /// The repository this client writes to and reads from.
@@ -196,8 +188,8 @@ impl Client {
             match e.content {
                 Content::File(mut r) => {
                     let mut f = std::fs::File::create(&at).with_context(|| format!("cannot spool {rel}"))?;
+                    // No fsync: the spool lives for this call only.
                     std::io::copy(&mut r, &mut f).with_context(|| format!("cannot read the content of {rel}"))?;
-                    f.sync_all().ok();
                     std::fs::set_permissions(&at, std::fs::Permissions::from_mode(e.mode & 0o7777))?;
                 }
                 Content::Dir => {
@@ -317,6 +309,30 @@ impl Client {
         }
         Catalog::open(&path, dataset)
     }
+}
+
+/// Create a repository at `backend`, with a new key file (0600) unless
+/// `key_file` exists; whether the key file was made.
+pub fn init_repository(backend: Arc<dyn crate::backend::Backend>, key_file: &Path) -> Result<(Repository, bool)> {
+    // Check first, so an existing repository (even one whose config is
+    // lost) never costs a stray key file.
+    Repository::check_location_is_free(&*backend)?;
+    let (key, created) = if key_file.exists() {
+        (MasterKey::load(key_file)?, false)
+    } else {
+        let k = MasterKey::generate()?;
+        k.save_new(key_file)?;
+        (k, true)
+    };
+    Ok((Repository::init(backend, &key)?, created))
+}
+
+/// The repository's state directory, as every reader and writer sets it up.
+pub fn open_state(repo: &Repository, state_dir: &Path) -> Result<StatePaths> {
+    let state = StatePaths::new(state_dir, &repo.config.id)?;
+    // Paths a snapshot diff names are sorted on disk past a memory budget.
+    crate::source::spill::set_scratch_dir(&state.root().join("tmp"));
+    Ok(state)
 }
 
 /// The changeset `snapshot` names (a snapshot name, `latest` or `#N`), if

@@ -332,7 +332,6 @@ impl Settings {
         })
     }
 
-    /// How the backend's decorators are set.
     /// The key file, for the verbs that need one (init writes it).
     pub fn required_key_file(&self) -> Result<&Path> {
         self.key_file.as_deref().ok_or_else(|| {
@@ -344,6 +343,13 @@ impl Settings {
         })
     }
 
+    /// The key file this run opens the repository with: the configured
+    /// one, unless it is missing and a passphrase was given instead.
+    pub fn key_file_in_use(&self) -> Option<&Path> {
+        self.key_file.as_deref().filter(|p| p.exists() || !self.password.is_given())
+    }
+
+    /// How the backend's decorators are set.
     pub fn backend_options(&self) -> crate::backend::BackendOptions {
         crate::backend::BackendOptions {
             request_timeout: self.request_timeout,

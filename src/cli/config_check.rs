@@ -81,8 +81,8 @@ fn checks(g: &GlobalArgs) -> Vec<Check> {
     };
     // The key file is checked on its own; a passphrase can only be checked
     // against the repository's key objects, so with the repository.
-    let key_file = settings.key_file.as_ref().filter(|p| p.exists() || !settings.password.is_given());
-    let key = key_file.map(|p| MasterKey::load(p));
+    let key_file = settings.key_file_in_use();
+    let key = key_file.map(MasterKey::load);
     if let (Some(p), Some(key)) = (key_file, &key) {
         add(
             &format!("key file {}", p.display()),

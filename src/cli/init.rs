@@ -4,8 +4,6 @@ use anyhow::Result;
 use std::process::ExitCode;
 
 use super::GlobalArgs;
-use crate::core::keys::MasterKey;
-use crate::repo::Repository;
 
 #[derive(clap::Args)]
 pub struct InitArgs {
@@ -16,19 +14,9 @@ pub struct InitArgs {
 
 pub fn run(g: &GlobalArgs, a: InitArgs) -> Result<ExitCode> {
     let s = super::config::Settings::resolve(g)?;
-    let backend = crate::backend::open_with(&s.repo, &s.backend_options())?;
-    // Check first, so an existing repository (even one whose config is
-    // lost) never costs a stray key file.
-    Repository::check_location_is_free(&*backend)?;
     let key_file = s.required_key_file()?;
-    let (key, created_key) = if key_file.exists() {
-        (MasterKey::load(key_file)?, false)
-    } else {
-        let k = MasterKey::generate()?;
-        k.save_new(key_file)?;
-        (k, true)
-    };
-    let repo = Repository::init(backend, &key)?;
+    let backend = crate::backend::open_with(&s.repo, &s.backend_options())?;
+    let (repo, created_key) = crate::client::init_repository(backend, key_file)?;
     if a.json {
         super::output::print_json(&serde_json::json!({
             "repository": repo.backend.location(),

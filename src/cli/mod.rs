@@ -261,9 +261,7 @@ impl Ctx {
         let backend = crate::backend::open_with(&settings.repo, &settings.backend_options())?;
         let key = passphrase::open_key(&settings, &*backend)?;
         let repo = Arc::new(Repository::open(backend, &key.master)?);
-        let state = StatePaths::new(&settings.state_dir, &repo.config.id)?;
-        // Paths a snapshot diff names are sorted on disk past a memory budget.
-        crate::source::spill::set_scratch_dir(&state.root().join("tmp"));
+        let state = crate::client::open_state(&repo, &settings.state_dir)?;
         Ok(Ctx { settings, key, repo, state })
     }
 

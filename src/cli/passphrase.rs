@@ -110,8 +110,7 @@ fn read_password_file(path: &Path) -> Result<Zeroizing<String>> {
     let text = Zeroizing::new(
         std::fs::read_to_string(path).with_context(|| format!("cannot read password file {}", path.display()))?,
     );
-    let line = Zeroizing::new(text.lines().next().unwrap_or("").to_string());
-    non_empty(line, &format!("the first line of password file {}", path.display()))
+    first_line(&text, &format!("the first line of password file {}", path.display()))
 }
 
 /// The first line of the command's output (`sh -c`). Its own stderr goes to
@@ -130,20 +129,21 @@ fn run_password_command(cmd: &str) -> Result<Zeroizing<String>> {
         bail!("the password command (N2S_PASSWORD_COMMAND) failed ({}): fix it or give --password-file", out.status);
     }
     let text = Zeroizing::new(String::from_utf8_lossy(&stdout).into_owned());
-    let line = Zeroizing::new(text.lines().next().unwrap_or("").to_string());
-    non_empty(line, "the password command's output")
+    first_line(&text, "the password command's output")
+}
+
+fn first_line(text: &str, what: &str) -> Result<Zeroizing<String>> {
+    non_empty(Zeroizing::new(text.lines().next().unwrap_or("").to_string()), what)
 }
 
 /// The key that opens the repository at `backend`: the key file when there
 /// is one, else a passphrase tried against the repository's key objects.
 pub fn open_key(settings: &Settings, backend: &dyn Backend) -> Result<OpenedKey> {
-    match &settings.key_file {
-        // A configured key file that is missing falls back to a passphrase
-        // only when one was given: otherwise its own error says what is wrong.
-        Some(p) if p.exists() || !settings.password.is_given() => {
-            Ok(OpenedKey { master: MasterKey::load(p)?, via: KeyVia::KeyFile(p.clone()) })
-        }
-        _ => unlock_with_passphrase(&settings.password, backend),
+    // A configured key file that is missing falls back to a passphrase only
+    // when one was given: otherwise its own error says what is wrong.
+    match settings.key_file_in_use() {
+        Some(p) => Ok(OpenedKey { master: MasterKey::load(p)?, via: KeyVia::KeyFile(p.to_path_buf()) }),
+        None => unlock_with_passphrase(&settings.password, backend),
     }
 }
 

@@ -115,15 +115,12 @@ pub fn run(g: &GlobalArgs, a: WatchArgs) -> Result<ExitCode> {
         }
         let now = Instant::now();
         let wake = watched.iter().filter_map(|w| w.due).chain([next_poll]).min().unwrap_or(next_poll);
-        match rx.recv_timeout(wake.saturating_duration_since(now).min(tick)) {
-            Ok(i) => {
+        // A timeout is the tick; the sender lives as long as this loop.
+        if let Ok(i) = rx.recv_timeout(wake.saturating_duration_since(now).min(tick)) {
+            mark_due(&mut watched[i], debounce);
+            while let Ok(i) = rx.try_recv() {
                 mark_due(&mut watched[i], debounce);
-                while let Ok(i) = rx.try_recv() {
-                    mark_due(&mut watched[i], debounce);
-                }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {}
         }
         if Instant::now() >= next_poll {
             for w in watched.iter_mut() {
@@ -237,7 +234,9 @@ fn backoff(failures: u32, max: Duration) -> Duration {
 }
 
 fn snapshot_dir(d: &DatasetConfig) -> PathBuf {
-    d.snapshot_dir.clone().unwrap_or_else(|| d.path.clone().unwrap_or_default().join(".snapshots"))
+    d.snapshot_dir
+        .clone()
+        .unwrap_or_else(|| crate::source::btrfs::default_snapshot_dir(d.path.as_deref().unwrap_or(Path::new(""))))
 }
 
 fn inotify_on(dir: &Path, index: usize, tx: mpsc::Sender<usize>) -> Option<notify::RecommendedWatcher> {

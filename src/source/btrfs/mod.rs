@@ -116,11 +116,17 @@ pub struct BtrfsSource {
     problems: Vec<String>,
 }
 
+/// Where a subvolume's snapshots are when no snapshot directory is given:
+/// snapper's layout.
+pub fn default_snapshot_dir(subvol: &Path) -> PathBuf {
+    subvol.join(".snapshots")
+}
+
 impl BtrfsSource {
     pub fn new(subvol: &Path, snapshot_dir: Option<&Path>) -> BtrfsSource {
         BtrfsSource {
             subvol: subvol.to_path_buf(),
-            snapshot_dir: snapshot_dir.map_or_else(|| subvol.join(".snapshots"), Path::to_path_buf),
+            snapshot_dir: snapshot_dir.map_or_else(|| default_snapshot_dir(subvol), Path::to_path_buf),
             base: None,
             base_missing: None,
             problems: Vec::new(),
